@@ -1,0 +1,112 @@
+"""Feast access shared by every design: the store built from Settings, online writes, offline appends, reads."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+PROJECT = "mlsd"
+
+
+def repo_config(settings: Settings) -> Any:
+    """The Feast configuration: SQLite or Redis online store, Parquet offline store, file or SQL registry."""
+    from feast import RepoConfig
+
+    feast_dir = (settings.home / "feast").resolve()
+    feast_dir.mkdir(parents=True, exist_ok=True)
+    if settings.feast_online_store == "redis":
+        online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast_redis_url}
+    else:
+        online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
+    if settings.feast_registry.startswith(("postgresql", "sqlite", "mysql")):
+        registry: Any = {"registry_type": "sql", "path": settings.feast_registry, "cache_ttl_seconds": 60}
+    else:
+        registry = {"path": settings.feast_registry or str(feast_dir / "registry.db"), "cache_ttl_seconds": 60}
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=registry,
+        online_store=online,
+        offline_store={"type": "pipelines.platform.feast_offline.AsofDuckDBOfflineStore"},
+        entity_key_serialization_version=3,
+        repo_path=str(Path(__file__).resolve().parents[2] / "feature_repo"),
+    )
+
+
+def open_feature_store(settings: Settings) -> FeatureStore:
+    from feast import FeatureStore
+
+    return FeatureStore(config=repo_config(settings))
+
+
+def apply_feature_definitions(settings: Settings) -> FeatureStore:
+    """Register every design's Feast objects (idempotent, like `feast apply`)."""
+    from feature_repo.fraud import fraud_feature_objects
+
+    store = open_feature_store(settings)
+    settings.offline_dir.mkdir(parents=True, exist_ok=True)
+    store.apply(fraud_feature_objects(settings.offline_dir))
+    return store
+
+
+def to_feast_timestamps(frame: pd.DataFrame, column: str = "event_timestamp") -> pd.DataFrame:
+    """Feast stores microseconds in UTC; nanosecond timestamps fail its Arrow conversion."""
+    frame = frame.copy()
+    frame[column] = pd.to_datetime(frame[column], utc=True).dt.floor("us").astype("datetime64[us, UTC]")
+    return frame
+
+
+def push_online(store: FeatureStore, push_source: str, rows: pd.DataFrame) -> None:
+    """Write the newest row per entity to the online store through its push source."""
+    from feast.data_source import PushMode
+
+    if rows.empty:
+        return
+    store.push(push_source, to_feast_timestamps(rows), to=PushMode.ONLINE)
+
+
+def append_offline(settings: Settings, view_name: str, rows: pd.DataFrame, part_name: str | None = None) -> Path:
+    """Append rows to a feature view's offline Parquet folder as one new part file (atomic rename)."""
+    folder = settings.offline_dir / view_name
+    folder.mkdir(parents=True, exist_ok=True)
+    name = part_name or f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+    target = folder / f"{name}.parquet"
+    tmp = folder / f".{name}.tmp"
+    to_feast_timestamps(rows).to_parquet(tmp, index=False)
+    tmp.rename(target)
+    return target
+
+
+def reset_offline(settings: Settings, view_name: str) -> None:
+    """Remove a view's offline rows, before a backfill rewrites them."""
+    folder = settings.offline_dir / view_name
+    if folder.exists():
+        for part in folder.glob("*.parquet"):
+            part.unlink()
+
+
+def read_offline(settings: Settings, view_name: str) -> pd.DataFrame:
+    folder = settings.offline_dir / view_name
+    parts = sorted(folder.glob("*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def read_online(store: FeatureStore, feature_service: str, entity_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    service = store.get_feature_service(feature_service)
+    return store.get_online_features(features=service, entity_rows=entity_rows).to_df()
+
+
+def historical_features(store: FeatureStore, feature_service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time correct features for each entity row (`event_timestamp` plus join keys)."""
+    service = store.get_feature_service(feature_service)
+    return store.get_historical_features(entity_df=entity_df, features=service).to_df()

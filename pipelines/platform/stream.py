@@ -1,0 +1,248 @@
+"""Kafka I/O shared by every design: clients, topics, JSON serde, dead-letter topics and the micro-batch loop.
+
+The loop's contract is at-least-once: a batch's offsets are committed only after its sink write returned and its
+dead letters were flushed, so a crash replays the batch and idempotent sinks make the replay harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer
+
+DLQ_SUFFIX = ".dlq"
+
+
+class ServiceUnavailable(Exception):
+    """A service the command needs is not reachable; the message says which and how to start it."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode(event: dict[str, Any] | BaseModel) -> bytes:
+    if isinstance(event, BaseModel):
+        return event.model_dump_json().encode()
+    return json.dumps(event, default=_json_default, separators=(",", ":")).encode()
+
+
+def check_broker(bootstrap: str, timeout_s: float = 3.0) -> None:
+    """Fail with one sentence when nothing listens at the bootstrap address."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"No Kafka broker answers at {bootstrap}; start one with `mlsd up` or set MLSD_KAFKA_BOOTSTRAP."
+        ) from exc
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    from kafka import KafkaProducer
+
+    check_broker(settings.kafka_bootstrap)
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "acks": 1,
+        "retries": 5,
+    }
+    options.update(overrides)
+    return KafkaProducer(**options)
+
+
+def make_consumer(settings: Settings, topics: Iterable[str], group_id: str, **overrides: Any) -> KafkaConsumer:
+    """A manual-commit consumer; short session timeouts make group joins take seconds, not tens of seconds."""
+    from kafka import KafkaConsumer
+
+    check_broker(settings.kafka_bootstrap)
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "max_poll_interval_ms": 60000,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "fetch_max_bytes": 32 * 1024 * 1024,
+    }
+    options.update(overrides)
+    consumer = KafkaConsumer(**options)
+    consumer.subscribe(list(topics))
+    return consumer
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1) -> list[str]:
+    """Create the topics that do not exist yet (the embedded broker does not auto-create); return the new ones."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    check_broker(settings.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="mlsd-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        return missing
+    finally:
+        admin.close()
+
+
+def end_offsets_lag(consumer: KafkaConsumer) -> int:
+    """Messages not yet consumed on the assigned partitions (consumer lag)."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return 0
+    ends = consumer.end_offsets(list(assigned))
+    return sum(max(0, ends[tp] - (consumer.position(tp) or 0)) for tp in assigned)
+
+
+@dataclass
+class Envelope:
+    """One decoded, validated event with where it came from."""
+
+    topic: str
+    event: BaseModel
+    produced_ms: int
+
+
+@dataclass
+class LoopStats:
+    consumed: int = 0
+    processed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.seconds if self.seconds else 0.0
+
+
+def decode(topic: str, value: bytes | None, schema: type[BaseModel]) -> BaseModel:
+    """Parse and validate one message; raise ValueError with a short reason for the dead-letter topic."""
+    if value is None:
+        raise ValueError("empty message")
+    try:
+        return schema.model_validate_json(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+        if first.get("type") == "json_invalid":
+            raise ValueError("not valid JSON") from None
+        raise ValueError(f"{where}: {first.get('msg', 'invalid')}") from None
+
+
+def dead_letter(producer: KafkaProducer, topic: str, value: bytes | None, reason: str, offset: int) -> None:
+    """Keep the original bytes with the reason, so nothing is lost and the event can be replayed after a fix."""
+    payload = {
+        "reason": reason,
+        "source_topic": topic,
+        "source_offset": offset,
+        "original": (value or b"").decode("utf-8", errors="replace"),
+        "failed_at": datetime.now().astimezone().isoformat(),
+    }
+    producer.send(topic + DLQ_SUFFIX, encode(payload))
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self, *_: Any) -> None:
+        self.stop = True
+
+
+def run_micro_batches(
+    consumer: KafkaConsumer,
+    producer: KafkaProducer,
+    schemas: dict[str, type[BaseModel]],
+    sink: Callable[[list[Envelope]], None],
+    batch_size: int = 2000,
+    batch_ms: int = 200,
+    idle_stop_s: float | None = None,
+    max_events: int | None = None,
+    on_batch: Callable[[LoopStats, int], None] | None = None,
+) -> LoopStats:
+    """Poll → validate → sink(valid events) → dead-letter the rest → flush → commit, until stopped.
+
+    Stops on SIGINT/SIGTERM, after `idle_stop_s` seconds without messages, or after `max_events` messages.
+    """
+    stats = LoopStats()
+    flag = _StopFlag()
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, flag)
+        except ValueError:  # not the main thread
+            pass
+    started = time.perf_counter()
+    last_message = time.monotonic()
+    try:
+        while not flag.stop:
+            polled = consumer.poll(timeout_ms=batch_ms, max_records=batch_size)
+            records = [r for batch in polled.values() for r in batch]
+            if not records:
+                if idle_stop_s is not None and time.monotonic() - last_message > idle_stop_s:
+                    break
+                continue
+            last_message = time.monotonic()
+            if stats.batches == 0:
+                started = time.perf_counter()  # throughput counts from the first message, not from the join
+            valid: list[Envelope] = []
+            for record in records:
+                try:
+                    event = decode(record.topic, record.value, schemas[record.topic])
+                except ValueError as exc:
+                    reason = str(exc)
+                    dead_letter(producer, record.topic, record.value, reason, record.offset)
+                    stats.dead_lettered += 1
+                    key = reason.split(":")[0]
+                    stats.dead_letter_reasons[key] = stats.dead_letter_reasons.get(key, 0) + 1
+                    continue
+                valid.append(Envelope(record.topic, event, record.timestamp))
+            if valid:
+                sink(valid)
+            producer.flush()
+            consumer.commit()
+            stats.consumed += len(records)
+            stats.processed += len(valid)
+            stats.batches += 1
+            stats.seconds = time.perf_counter() - started
+            if on_batch:
+                on_batch(stats, len(records))
+            if max_events is not None and stats.consumed >= max_events:
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return stats

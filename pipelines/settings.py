@@ -1,0 +1,88 @@
+"""One configuration object for every process, read from MLSD_* environment variables and `.env`.
+
+It is created once in an entry point and passed down; nothing in the package reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLSD_", env_file=".env", extra="ignore")
+
+    # Where everything the embedded stack writes lives (data, stores, logs, pid files).
+    home: Path = Field(default=Path(".mlsd"), description="Working folder for data, stores and logs")
+    seed: int = 7
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_embedded: bool = Field(default=True, description="Start the embedded Tansu broker in `mlsd up`")
+    kafka_port: int = 19092
+
+    # MLflow
+    mlflow_tracking_uri: str = ""  # empty: http://127.0.0.1:{mlflow_port} served by `mlsd up`
+    mlflow_port: int = 5055
+    mlflow_backend_store_uri: str = ""  # empty: SQLite file under home
+    mlflow_artifacts_destination: str = ""  # empty: folder under home
+
+    # Feast
+    feast_online_store: str = Field(default="sqlite", description="sqlite | redis")
+    feast_redis_url: str = "127.0.0.1:6379"
+    feast_registry: str = ""  # empty: SQLite file under home; or a SQLAlchemy URL such as postgresql://...
+    feast_offline_dir: str = ""  # empty: folder under home
+
+    # Serving
+    fraud_service_port: int = 3000
+    fraud_service_workers: int = 1
+
+    # Fraud design knobs
+    fraud_label_delay_days: int = 7
+    fraud_cost_missed_fraud: float = 100.0
+    fraud_cost_false_alarm: float = 5.0
+    fraud_review_threshold_factor: float = 0.5
+    fraud_amount_limit: float = 5000.0
+    fraud_blocklist: list[str] = Field(default_factory=list)
+    fraud_smote_ratio: float = 0.1
+
+    # Stream processors
+    stream_batch_size: int = 2000
+    stream_batch_ms: int = 200
+
+    @field_validator("feast_online_store")
+    @classmethod
+    def _known_online_store(cls, value: str) -> str:
+        if value not in {"sqlite", "redis"}:
+            raise ValueError("MLSD_FEAST_ONLINE_STORE must be 'sqlite' or 'redis'")
+        return value
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def offline_dir(self) -> Path:
+        return Path(self.feast_offline_dir) if self.feast_offline_dir else self.home / "feast" / "offline"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def backend_store_uri(self) -> str:
+        return self.mlflow_backend_store_uri or f"sqlite:///{(self.home / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def artifacts_destination(self) -> str:
+        return self.mlflow_artifacts_destination or str((self.home / "mlflow" / "artifacts").resolve())

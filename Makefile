@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+MLSD := $(VENV)/bin/mlsd
+
+.PHONY: install demo test test-unit lint typecheck up down bench clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv from uv.lock
+
+demo: install  ## the fraud loop end to end on the embedded stack
+	$(MLSD) demo
+
+test: install  ## unit, integration (embedded broker, Feast, MLflow, Redis, PostgreSQL) and end-to-end tests
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest -m unit
+
+lint: install
+	$(VENV)/bin/ruff check pipelines services feature_repo tests benchmarks
+	$(VENV)/bin/ruff format --check pipelines services feature_repo tests benchmarks
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+up: install
+	$(MLSD) up
+
+down: install
+	$(MLSD) down
+
+bench: install  ## every benchmark in benchmarks/, results in benchmarks/results/
+	$(VENV)/bin/python -m benchmarks.run_all
+
+clean:
+	rm -rf .mlsd .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,381 @@
+"""The `mlsd` command: embedded stack, the fraud design's stages, load tests and the demo.
+
+Every command builds one Settings from MLSD_* variables (and `.env`) and passes it down. Errors a user can cause
+end in one sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.settings import Settings
+
+app = typer.Typer(help="Runnable ML system designs: fraud detection on Kafka, Feast, XGBoost, MLflow and BentoML.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+fraud_app = typer.Typer(help="Fraud detection design: simulate, replay, stream, train, backtest, serve.",
+                        no_args_is_help=True)
+loadtest_app = typer.Typer(help="Open-loop load tests against a running service.", no_args_is_help=True)
+infra_app = typer.Typer(help="Single infrastructure roles, for docker-compose and debugging.", no_args_is_help=True)
+app.add_typer(fraud_app, name="fraud")
+app.add_typer(loadtest_app, name="loadtest")
+app.add_typer(infra_app, name="infra")
+
+console = Console()
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def print_json_or_table(rows: list[tuple[str, str]], title: str) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+# ---------------------------------------------------------------- stack
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack: Kafka-protocol broker (Tansu), MLflow server, Feast registry; create topics."""
+    from pipelines.platform.infra import stack_up
+
+    s = settings()
+    started = stack_up(s)
+    for process in started:
+        console.print(f"started {process.name} (pid {process.pid}, log {process.log})")
+    console.print(f"Kafka at {s.kafka_bootstrap}; MLflow UI at {s.tracking_uri}; Feast repo applied.")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `mlsd up` started."""
+    from pipelines.platform.infra import stack_down
+
+    stopped = stack_down(settings())
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Show which embedded services are running."""
+    from pipelines.platform.infra import STACK, running
+
+    s = settings()
+    print_json_or_table([(name, "running" if running(s, name) else "stopped") for name in STACK], "mlsd stack")
+
+
+@app.command()
+def demo(
+    transactions: Annotated[int, typer.Option(help="How many transactions to simulate")] = 300_000,
+    live_days: Annotated[int, typer.Option(help="Last days of the simulation that arrive live through Kafka")] = 2,
+    rps: Annotated[float, typer.Option(help="Live scoring traffic, requests per second")] = 200.0,
+    duration: Annotated[float, typer.Option(help="Seconds of live scoring traffic")] = 20.0,
+    keep_running: Annotated[bool, typer.Option(help="Leave the stack running afterwards")] = False,
+) -> None:
+    """The whole fraud loop on simulated data: up, simulate, train, stream, serve, live traffic, report."""
+    from pipelines.demo import run_demo
+
+    run_demo(settings(), console, transactions, live_days, rps, duration, keep_running)
+
+
+# ---------------------------------------------------------------- fraud
+
+
+@fraud_app.command("simulate")
+def fraud_simulate(
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv)")] = Path(".mlsd/data/transactions.parquet"),
+    transactions: Annotated[int, typer.Option(help="Approximate number of transactions")] = 300_000,
+    fraud_rate: Annotated[float, typer.Option(help="Share of fraudulent transactions")] = 0.008,
+    days: Annotated[int | None, typer.Option(help="Days to simulate (default: chosen from the size)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default MLSD_SEED)")] = None,
+) -> None:
+    """Simulate customers, terminals and three fraud patterns with delayed labels; write the transaction file."""
+    from pipelines.fraud.simulate import config_for_size, fraud_summary, simulate_transactions
+    from pipelines.platform.dataio import write_table
+
+    s = settings()
+    overrides: dict = {"fraud_rate": fraud_rate, "seed": seed if seed is not None else s.seed,
+                       "label_delay_days": s.fraud_label_delay_days}
+    if days is not None:
+        overrides["days"] = days
+    frame = simulate_transactions(config_for_size(transactions, **overrides))
+    write_table(frame, out)
+    console.print(f"wrote {len(frame):,} transactions to {out}")
+    console.print(fraud_summary(frame).to_string())
+
+
+@fraud_app.command("replay")
+def fraud_replay(
+    transactions: Annotated[Path, typer.Option(help="Transaction file (.parquet or .csv)")],
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible)")] = 1000.0,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N transactions")] = None,
+) -> None:
+    """Send a transaction file to `fraud.transactions` (and chargebacks to `fraud.labels`) at a given rate."""
+    from rich.progress import Progress
+
+    from pipelines.fraud.data import read_transactions
+    from pipelines.fraud.events import TOPICS
+    from pipelines.fraud.stream import replay_transactions
+    from pipelines.platform.stream import ensure_topics, make_producer
+
+    s = settings()
+    frame = read_transactions(transactions, s.fraud_label_delay_days)
+    if limit:
+        frame = frame.head(limit)
+    ensure_topics(s, TOPICS)
+    producer = make_producer(s)
+    with Progress(console=console) as progress:
+        task = progress.add_task("replaying", total=None)
+        result = replay_transactions(producer, frame, rate,
+                                     lambda done, total: progress.update(task, completed=done, total=total))
+    producer.close()
+    console.print(f"sent {result['events']:,} events in {result['seconds']:.1f} s ({result['rate']:,.0f}/s)")
+
+
+@fraud_app.command("stream")
+def fraud_stream(
+    history: Annotated[Path | None, typer.Option(help="Transactions already processed (warms the window state)")] = None,
+    group: Annotated[str, typer.Option(help="Consumer group id")] = "fraud-features",
+    idle_stop: Annotated[float | None, typer.Option(help="Stop after this many seconds without events")] = None,
+    max_events: Annotated[int | None, typer.Option(help="Stop after this many events")] = None,
+    json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
+) -> None:
+    """Consume transactions and chargebacks, compute features, push to Feast online + offline, commit after."""
+    from pipelines.fraud.data import read_transactions
+    from pipelines.fraud.events import TOPICS
+    from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, percentile_summary, warm_engine
+    from pipelines.platform.features import apply_feature_definitions
+    from pipelines.platform.stream import ensure_topics, make_consumer, make_producer, run_micro_batches
+
+    s = settings()
+    past = read_transactions(history, s.fraud_label_delay_days) if history else None
+    engine = warm_engine(past, s.fraud_label_delay_days)
+    store = apply_feature_definitions(s)
+    ensure_topics(s, TOPICS)
+    sink = FraudFeatureSink(s, store, engine)
+    consumer = make_consumer(s, list(SCHEMAS), group)
+    producer = make_producer(s)
+    console.print(f"fraud feature processor consuming {', '.join(SCHEMAS)} (group {group}); Ctrl-C stops it")
+
+    def report(stats, _size):  # type: ignore[no-untyped-def]
+        if stats.batches % 20 == 0:
+            console.print(f"{stats.processed:,} events, {stats.dead_lettered:,} dead-lettered, {stats.rate:,.0f}/s")
+
+    stats = run_micro_batches(consumer, producer, SCHEMAS, sink, s.stream_batch_size, s.stream_batch_ms,
+                              idle_stop_s=idle_stop, max_events=max_events, on_batch=report)
+    consumer.close()
+    producer.close()
+    result = {
+        "events": stats.processed, "transactions": sink.stats.transactions, "labels": sink.stats.labels,
+        "dead_lettered": stats.dead_lettered, "dead_letter_reasons": stats.dead_letter_reasons,
+        "duplicates": sink.stats.duplicates, "seconds": round(stats.seconds, 3), "events_per_s": round(stats.rate, 1),
+        "freshness_ms": percentile_summary(sink.stats.freshness_ms),
+    }
+    console.print_json(json.dumps(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@fraud_app.command("train")
+def fraud_train(
+    transactions: Annotated[Path, typer.Option(help="Transaction file (.parquet or .csv)")],
+    backfill: Annotated[bool, typer.Option(help="Rebuild the offline/online feature rows from this file first")] = True,
+    json_out: Annotated[Path | None, typer.Option(help="Write the comparison here")] = None,
+) -> None:
+    """Train XGBoost with four imbalance strategies on Feast point-in-time features; register the best."""
+    from pipelines.fraud.data import read_transactions
+    from pipelines.fraud.train import train_fraud
+
+    s = settings()
+    frame = read_transactions(transactions, s.fraud_label_delay_days)
+    with console.status("training") as spinner:
+        report = train_fraud(s, frame, backfill=backfill, progress=lambda m: spinner.update(m))
+    print_strategy_table(report)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+
+
+def print_strategy_table(report) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"imbalance strategies on {report.valid_rows:,} validation transactions (time-ordered)")
+    for column in ("strategy", "avg precision", "ROC-AUC", "precision", "recall", "card P@100", "threshold", "cost",
+                   "fit s"):
+        table.add_column(column)
+    for r in report.strategies:
+        mark = " *" if r.strategy == report.best_strategy else ""
+        table.add_row(r.strategy + mark, f"{r.average_precision:.3f}", f"{r.roc_auc:.3f}", f"{r.precision:.3f}",
+                      f"{r.recall:.3f}", f"{r.card_precision_at_100:.3f}", f"{r.threshold:.3f}", f"{r.cost:,.0f}",
+                      f"{r.fit_seconds:.1f}")
+    console.print(table)
+    console.print(f"registered fraud-xgboost v{report.model_version} ({report.best_strategy}) as champion; "
+                  f"threshold {report.threshold:.3f}; timings {json.dumps({k: round(v, 1) for k, v in report.seconds.items()})}")
+
+
+@fraud_app.command("backtest")
+def fraud_backtest(
+    transactions: Annotated[Path, typer.Option(help="Transaction file (.parquet or .csv)")],
+    train_start: Annotated[str | None, typer.Option(help="First training day (default: first day of the file)")] = None,
+    train_days: Annotated[int, typer.Option(help="Days in each training window")] = 7,
+    delay_days: Annotated[int, typer.Option(help="Days skipped between training and test (label delay)")] = 7,
+    test_days: Annotated[int, typer.Option(help="Days in each test window")] = 7,
+    folds: Annotated[int, typer.Option(help="Number of folds, each shifted by 7 days")] = 4,
+    json_out: Annotated[Path | None, typer.Option(help="Write per-fold and summary metrics here")] = None,
+) -> None:
+    """Prequential backtest with delayed labels: ROC-AUC, average precision, card precision@100 per strategy."""
+    from pipelines.fraud.backtest import BacktestConfig, run_backtest
+    from pipelines.fraud.data import read_transactions
+
+    s = settings()
+    frame = read_transactions(transactions, s.fraud_label_delay_days)
+    config = BacktestConfig(train_start=train_start, train_days=train_days, delay_days=delay_days,
+                            test_days=test_days, folds=folds, seed=s.seed, smote_ratio=s.fraud_smote_ratio)
+    with console.status("backtesting") as spinner:
+        result = run_backtest(frame, config, progress=lambda m: spinner.update(m))
+    table = Table(title=f"prequential backtest, {folds} folds (mean ± std)")
+    for column in ("strategy", "ROC-AUC", "average precision", "card precision@100"):
+        table.add_column(column)
+    for strategy, m in result["summary"].items():
+        table.add_row(strategy, *(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in
+                                  ("roc_auc", "average_precision", "card_precision_at_100")))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"wrote {json_out}")
+
+
+@fraud_app.command("serve")
+def fraud_serve(
+    port: Annotated[int | None, typer.Option(help="Port (default MLSD_FRAUD_SERVICE_PORT)")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve the champion model with BentoML: POST /score, /readyz, /livez, OpenAPI at /docs."""
+    from pipelines.platform.infra import require_free_port
+    from pipelines.platform.registry import connect_mlflow, load_alias
+
+    s = settings()
+    port = port or s.fraud_service_port
+    require_free_port(port, "the fraud scoring service", "MLSD_FRAUD_SERVICE_PORT")
+    connect_mlflow(s)
+    load_alias("fraud-xgboost")  # fail here, in one sentence, rather than inside a worker
+    command = service_command("services.fraud.service:FraudService", host, port, s.fraud_service_workers)
+    os.execvp(command[0], command)
+
+
+def service_command(target: str, host: str, port: int, workers: int) -> list[str]:
+    root = Path(__file__).resolve().parents[1]
+    return [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port),
+            "--working-dir", str(root), "--api-workers", str(workers)]
+
+
+# ---------------------------------------------------------------- load tests
+
+
+@loadtest_app.command("fraud")
+def loadtest_fraud(
+    rps: Annotated[float, typer.Option(help="Requests per second (open loop)")] = 200.0,
+    duration: Annotated[float, typer.Option(help="Seconds")] = 30.0,
+    url: Annotated[str | None, typer.Option(help="Score endpoint (default: local service)")] = None,
+    transactions: Annotated[Path | None, typer.Option(help="Take payloads from this file (default: simulate)")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the histogram go")] = Path(".mlsd/reports/loadtest"),
+) -> None:
+    """Open-loop load against the fraud service: throughput, p50/p95/p99, errors, latency histogram."""
+    from rich.progress import Progress
+
+    from pipelines.fraud.loadgen import transaction_payloads
+    from pipelines.platform.loadtest import run_load_test, save_latency_histogram, write_json
+
+    s = settings()
+    target = url or f"http://127.0.0.1:{s.fraud_service_port}/score"
+    payloads = transaction_payloads(s, transactions)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"{rps:.0f} req/s for {duration:.0f} s", total=int(rps * duration))
+        result = run_load_test(target, lambda i: payloads[i % len(payloads)], rps, duration,
+                               progress=lambda done, total: progress.update(task, completed=done))
+    print_json_or_table(result.summary_rows(), f"load test {target}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(result, out_dir / f"fraud_{int(rps)}rps.json")
+    plot = save_latency_histogram(result, out_dir / f"fraud_{int(rps)}rps.png", f"fraud /score at {rps:.0f} req/s")
+    console.print(f"wrote {out_dir / f'fraud_{int(rps)}rps.json'} and {plot}")
+
+
+# ---------------------------------------------------------------- infra roles
+
+
+@infra_app.command("mlflow-server")
+def infra_mlflow_server(host: Annotated[str, typer.Option(help="Interface")] = "0.0.0.0") -> None:
+    """Run the MLflow tracking server in the foreground with the configured backend store and artifacts."""
+    from pipelines.platform.infra import mlflow_server_command
+
+    command = mlflow_server_command(settings(), host)
+    os.execvp(command[0], command)
+
+
+@infra_app.command("create-topics")
+def infra_create_topics() -> None:
+    """Create every design's Kafka topics (idempotent)."""
+    from pipelines.platform.infra import all_topics
+    from pipelines.platform.stream import ensure_topics
+
+    created = ensure_topics(settings(), all_topics())
+    console.print(f"created: {', '.join(created) if created else 'all topics existed'}")
+
+
+@infra_app.command("feast-apply")
+def infra_feast_apply() -> None:
+    """Register the Feast entities, sources, feature views and feature services."""
+    from pipelines.platform.features import apply_feature_definitions
+
+    apply_feature_definitions(settings())
+    console.print("Feast definitions applied")
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def main() -> None:
+    """Entry point: run the app and turn errors a user can cause into one sentence."""
+    from pydantic import ValidationError
+
+    from pipelines.platform.dataio import DataFileError
+    from pipelines.platform.infra import PortInUse
+    from pipelines.platform.stream import ServiceUnavailable
+
+    try:
+        app(standalone_mode=False)
+    except (DataFileError, ServiceUnavailable, PortInUse, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        console.print(f"[red]error:[/red] setting {field.upper() and 'MLSD_' + field.upper()}: {first.get('msg')}.")
+        raise SystemExit(1) from None
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as exc:  # typer's usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise

@@ -28,7 +28,8 @@ app.add_typer(fraud_app, name="fraud")
 app.add_typer(loadtest_app, name="loadtest")
 app.add_typer(infra_app, name="infra")
 
-console = Console()
+# Piped output (CI, `make demo | tee`) gets a wide fixed width so tables keep their columns.
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def settings() -> Settings:
@@ -353,6 +354,10 @@ def main() -> None:
     from pipelines.platform.infra import PortInUse
     from pipelines.platform.stream import ServiceUnavailable
 
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
     try:
         app(standalone_mode=False)
     except (DataFileError, ServiceUnavailable, PortInUse, FileNotFoundError) as exc:

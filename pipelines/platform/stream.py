@@ -212,7 +212,9 @@ def run_micro_batches(
             polled = consumer.poll(timeout_ms=batch_ms, max_records=batch_size)
             records = [r for batch in polled.values() for r in batch]
             if not records:
-                if idle_stop_s is not None and time.monotonic() - last_message > idle_stop_s:
+                if not consumer.assignment():  # still joining the group: idle time starts once partitions arrive
+                    last_message = time.monotonic()
+                elif idle_stop_s is not None and time.monotonic() - last_message > idle_stop_s:
                     break
                 continue
             last_message = time.monotonic()

@@ -272,6 +272,9 @@ def fraud_serve(
     connect_mlflow(s)
     load_alias("fraud-xgboost")  # fail here, in one sentence, rather than inside a worker
     command = service_command("services.fraud.service:FraudService", host, port, s.fraud_service_workers)
+    # Single-row predictions: idle OpenMP threads spin-wait and steal the CPU that serves requests.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.execvp(command[0], command)
 
 
@@ -296,10 +299,12 @@ def loadtest_fraud(
     from rich.progress import Progress
 
     from pipelines.fraud.loadgen import transaction_payloads
+    from pipelines.platform.infra import wait_for_http
     from pipelines.platform.loadtest import run_load_test, save_latency_histogram, write_json
 
     s = settings()
     target = url or f"http://127.0.0.1:{s.fraud_service_port}/score"
+    wait_for_http(target.rsplit("/", 1)[0] + "/readyz", 90, "The fraud scoring service (start it with `mlsd fraud serve`)")
     payloads = transaction_payloads(s, transactions)
     with Progress(console=console) as progress:
         task = progress.add_task(f"{rps:.0f} req/s for {duration:.0f} s", total=int(rps * duration))

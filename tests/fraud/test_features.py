@@ -208,7 +208,7 @@ def tx_frame(rows: list[tuple[str, str, str, str, float, int, str | None]]) -> p
 def test_backfill_orders_rows_by_time_then_transaction_id() -> None:
     frame = tx_frame(
         [
-            ("t3", "2026-01-02T00:00:00Z", "c1", "m1", 30.0, 0, None),
+            ("t3", "2026-01-02T12:00:00Z", "c1", "m1", 30.0, 0, None),
             ("b", "2026-01-01T12:00:00Z", "c1", "m1", 20.0, 0, None),
             ("a", "2026-01-01T12:00:00Z", "c1", "m1", 10.0, 0, None),
         ]
@@ -216,8 +216,9 @@ def test_backfill_orders_rows_by_time_then_transaction_id() -> None:
     customers, terminals = backfill_features(frame, DELAY_DAYS)
     assert customers["event_timestamp"].is_monotonic_increasing
     # ties on time are broken by id: 'a' comes first, so 'b' sees both payments of that instant
-    assert customers["customer_avg_amount_1d"].tolist() == [10.0, 15.0, 20.0]
-    assert customers["customer_tx_count_1d"].tolist() == [1, 2, 2]
+    assert customers["customer_tx_count_1d"].tolist() == [1, 2, 1]
+    assert customers["customer_avg_amount_1d"].tolist() == [10.0, 15.0, 30.0]
+    assert customers["customer_avg_amount_7d"].tolist() == [10.0, 15.0, 20.0]
     assert list(customers.columns) == ["customer_id", "event_timestamp", *CUSTOMER_FEATURES]
     assert list(terminals.columns) == ["terminal_id", "event_timestamp", *TERMINAL_FEATURES]
 
@@ -256,7 +257,9 @@ def test_a_late_payment_does_not_linger_in_windows_it_is_older_than() -> None:
 @pytest.fixture(scope="module")
 def simulated() -> pd.DataFrame:
     return simulate_transactions(
-        SimulationConfig(n_customers=150, n_terminals=200, days=40, fraud_rate=0.05, label_delay_days=DELAY_DAYS, seed=5)
+        SimulationConfig(
+            n_customers=150, n_terminals=200, days=40, fraud_rate=0.05, label_delay_days=DELAY_DAYS, seed=5
+        )
     )
 
 

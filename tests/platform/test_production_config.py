@@ -1,0 +1,253 @@
+"""The settings the docker-compose stack runs with, exercised against the real local Redis and PostgreSQL.
+
+docker-compose.yml points Feast at Redis (online store) and at PostgreSQL (SQL registry), and MLflow at the same
+PostgreSQL database (backend store), all through its x-common-env block. These tests take that block from the
+file, swap the container host names for the local servers and a throw-away database, and run the real code paths:
+`apply_feature_definitions`, `push_online`, `read_online`, `register_version` and `load_alias`.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_repo.fraud import (
+    CUSTOMER_FEATURES,
+    CUSTOMER_PUSH,
+    FEATURE_SERVICE,
+    TERMINAL_FEATURES,
+    TERMINAL_PUSH,
+)
+from pipelines.settings import Settings
+from tests.test_compose import common_settings_env, settings_fields
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+POSTGRES = ("127.0.0.1", 5432)
+REDIS = ("127.0.0.1", 6379)
+POSTGRES_ADMIN = {"host": POSTGRES[0], "port": POSTGRES[1], "user": "postgres", "dbname": "postgres"}
+
+
+def reachable(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require(address: tuple[str, int], what: str) -> None:
+    if not reachable(address):
+        pytest.skip(f"{what} is not reachable at {address[0]}:{address[1]}; start it to run this test")
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    """A throw-away PostgreSQL database, shared by Feast's registry and MLflow's store as in docker-compose.yml."""
+    require(POSTGRES, "PostgreSQL")
+    import psycopg2
+    from psycopg2 import sql
+
+    name = f"mlsd_test_compose_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(**POSTGRES_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:  # FORCE: Feast's and MLflow's connection pools may still hold sessions
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+def local_postgres(url: str, database: str) -> str:
+    """The compose URL (driver and all) pointed at the local server and the test database."""
+    parts = urlsplit(url)
+    assert parts.hostname == "postgres", f"compose URL {url} does not name the postgres service"
+    return urlunsplit((parts.scheme, f"postgres@{POSTGRES[0]}:{POSTGRES[1]}", f"/{database}", parts.query, ""))
+
+
+def local_redis(connection: str) -> str:
+    """Feast's `host:port[,option=value...]` form, with the host and port swapped for the local Redis."""
+    address, *options = connection.split(",")
+    assert address == "redis:6379", f"compose Redis address {address} does not name the redis service"
+    return ",".join([f"{REDIS[0]}:{REDIS[1]}", *options])
+
+
+def compose_settings(home: Path, database: str) -> Settings:
+    fields = settings_fields(common_settings_env())
+    fields.update(
+        home=str(home),
+        feast_offline_dir=str(home / "feast" / "offline"),
+        feast_redis_url=local_redis(fields["feast_redis_url"]),
+        feast_registry=local_postgres(fields["feast_registry"], database),
+        mlflow_backend_store_uri=local_postgres(fields["mlflow_backend_store_uri"], database),
+    )
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+# ---------------------------------------------------------------- Feast: Redis online store, PostgreSQL registry
+
+
+def customer_rows(customer_id: str, *rows: tuple[pd.Timestamp, int]) -> pd.DataFrame:
+    """One row per (event time, count); every customer feature is derived from `count` so a read shows which won."""
+    return pd.DataFrame(
+        [
+            {"customer_id": customer_id, "event_timestamp": at}
+            | {name: (count if "_count_" in name else float(count) * 10) for name in CUSTOMER_FEATURES}
+            for at, count in rows
+        ]
+    )
+
+
+def terminal_rows(terminal_id: str, at: pd.Timestamp, count: int) -> pd.DataFrame:
+    row = {name: (count if "_count_" in name else count / 100) for name in TERMINAL_FEATURES}
+    return pd.DataFrame([{"terminal_id": terminal_id, "event_timestamp": at} | row])
+
+
+@pytest.fixture
+def redis_token() -> Iterator[str]:
+    """A unique id for this test's entities; afterwards exactly the Redis keys that contain it are deleted."""
+    require(REDIS, "Redis")
+    import redis
+
+    token = uuid.uuid4().hex
+    yield token
+    client = redis.Redis(host=REDIS[0], port=REDIS[1])
+    try:
+        keys = list(client.scan_iter(match=f"*{token}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def test_feast_pushes_to_redis_and_keeps_its_registry_in_postgres(
+    tmp_path: Path, database: str, redis_token: str
+) -> None:
+    import redis
+
+    from pipelines.platform.features import apply_feature_definitions, open_feature_store, push_online, read_online
+
+    settings = compose_settings(tmp_path, database)
+    assert settings.feast_online_store == "redis"
+    store = apply_feature_definitions(settings)
+
+    # The registry lives in PostgreSQL: a second store (another container) sees the definitions, and no registry
+    # file was written under MLSD_HOME.
+    other = open_feature_store(settings)
+    assert {view.name for view in other.list_feature_views()} >= {"fraud_customer_features", "fraud_terminal_features"}
+    assert other.get_feature_service(FEATURE_SERVICE).name == FEATURE_SERVICE
+    assert not list((tmp_path / "feast").glob("registry*"))
+
+    customer, terminal = f"C-{redis_token}", f"T-{redis_token}"
+    entity = [{"customer_id": customer, "terminal_id": terminal}]
+    # Recent event times: rows older than the feature views' TTL would read back as missing.
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+
+    def stored_count() -> int:
+        return int(read_online(store, FEATURE_SERVICE, entity)["customer_tx_count_1d"].iloc[0])
+
+    push_online(store, CUSTOMER_PUSH, customer_rows(customer, (now - pd.Timedelta(hours=2), 5)))
+    push_online(store, TERMINAL_PUSH, terminal_rows(terminal, now - pd.Timedelta(hours=2), 3))
+    row = read_online(store, FEATURE_SERVICE, entity).iloc[0]
+    assert row["customer_tx_count_1d"] == 5
+    assert row["customer_avg_amount_7d"] == pytest.approx(50.0)
+    assert row["terminal_tx_count_1d"] == 3
+    assert row["terminal_risk_30d"] == pytest.approx(0.03)
+
+    # Feast's Redis store stores each entity's event timestamp next to its features and skips a write whose
+    # timestamp is not strictly newer (compared to the nanosecond). So a replayed or late row never overwrites a
+    # newer one: older is skipped, the same instant is skipped too, newer wins. (The SQLite store used without
+    # Docker overwrites unconditionally.)
+    push_online(store, CUSTOMER_PUSH, customer_rows(customer, (now - pd.Timedelta(hours=3), 99)))
+    assert stored_count() == 5, "an older row replaced a newer one"
+    push_online(store, CUSTOMER_PUSH, customer_rows(customer, (now - pd.Timedelta(hours=2), 77)))
+    assert stored_count() == 5, "a row with the same event time replaced the stored one"
+    push_online(store, CUSTOMER_PUSH, customer_rows(customer, (now - pd.Timedelta(hours=1), 6)))
+    assert stored_count() == 6
+    # Within one push the newest row per entity wins, whatever the row order.
+    push_online(
+        store,
+        CUSTOMER_PUSH,
+        customer_rows(customer, (now - pd.Timedelta(minutes=30), 8), (now - pd.Timedelta(minutes=50), 7)),
+    )
+    assert stored_count() == 8
+
+    # The features really are in this Redis (one hash per entity), not in a local file.
+    client = redis.Redis(host=REDIS[0], port=REDIS[1])
+    try:
+        assert len(list(client.scan_iter(match=f"*{redis_token}*"))) == 2
+    finally:
+        client.close()
+    assert not (tmp_path / "feast" / "online.db").exists()
+
+
+# ---------------------------------------------------------------- MLflow: PostgreSQL backend store, aliases
+
+
+@pytest.fixture
+def mlflow_on_postgres(tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings whose tracking URI is the compose backend store itself (the MLflow server in compose sits on it)."""
+    import mlflow
+
+    settings = compose_settings(tmp_path, database)
+    uri = settings.backend_store_uri
+    # MLflow mirrors its URIs into these variables; monkeypatch puts back whatever was there before.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    yield settings.model_copy(update={"mlflow_tracking_uri": uri})
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+
+
+def test_mlflow_registers_and_loads_the_champion_from_postgres(
+    mlflow_on_postgres: Settings, tmp_path: Path, database: str
+) -> None:
+    import mlflow
+    import mlflow.xgboost
+    import psycopg2
+    import xgboost
+
+    from pipelines.platform.registry import CHAMPION, connect_mlflow, load_alias, register_version
+
+    settings = mlflow_on_postgres
+    assert settings.backend_store_uri.startswith("postgresql+psycopg2://")
+    assert connect_mlflow(settings) == settings.backend_store_uri
+    assert mlflow.get_tracking_uri() == settings.backend_store_uri
+
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(300, 4)).astype(np.float32)
+    labels = (features[:, 0] + 0.5 * features[:, 1] > 0).astype(int)
+    model = xgboost.XGBClassifier(n_estimators=10, max_depth=2, random_state=7).fit(features, labels)
+
+    # Artifacts go under tmp_path; without a location MLflow would use ./mlruns in the working directory.
+    experiment = mlflow.create_experiment(f"mlsd-test-{uuid.uuid4().hex[:8]}", (tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.xgboost.log_model(model, name="model", model_format="ubj", pip_requirements=["xgboost"])
+
+    name = f"fraud-xgboost-test-{uuid.uuid4().hex[:8]}"
+    first = register_version(info.model_uri, name, CHAMPION, tags={"threshold": "0.42"})
+    loaded = load_alias(name)
+    assert (loaded.name, loaded.version, loaded.tags["threshold"]) == (name, first, "0.42")
+    np.testing.assert_allclose(loaded.model.predict_proba(features), model.predict_proba(features), rtol=1e-6)
+
+    # Registering again moves the alias: the champion is whatever version it points at now.
+    second = register_version(info.model_uri, name, CHAMPION)
+    assert (first, second) == ("1", "2")
+    assert load_alias(name).version == second
+
+    # The registry is the PostgreSQL database of the compose settings.
+    with psycopg2.connect(**{**POSTGRES_ADMIN, "dbname": database}) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", (name,))
+        assert cursor.fetchall() == [(CHAMPION, 2)]
+    connection.close()
+    assert list((tmp_path / "artifacts").rglob("MLmodel"))

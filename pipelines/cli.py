@@ -30,6 +30,7 @@ app.add_typer(infra_app, name="infra")
 
 # Piped output (CI, `make demo | tee`) gets a wide fixed width so tables keep their columns.
 console = Console(width=None if sys.stdout.isatty() else 150)
+error_console = Console(stderr=True)
 
 
 def settings() -> Settings:
@@ -197,10 +198,11 @@ def fraud_train(
 ) -> None:
     """Train XGBoost with four imbalance strategies on Feast point-in-time features; register the best."""
     from pipelines.fraud.data import read_transactions
-    from pipelines.fraud.train import train_fraud
 
     s = settings()
     frame = read_transactions(transactions, s.fraud_label_delay_days)
+    from pipelines.fraud.train import train_fraud  # heavy imports only once the file is known to be good
+
     with console.status("training") as spinner:
         report = train_fraud(s, frame, backfill=backfill, progress=lambda m: spinner.update(m))
     print_strategy_table(report)
@@ -348,44 +350,42 @@ def infra_feast_apply() -> None:
     console.print("Feast definitions applied")
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = ()
+def fail(message: str) -> None:
+    """Print one plain sentence on stderr (no markup parsing of user data) and exit 1."""
+    from rich.markup import escape
+
+    error_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise SystemExit(1)
 
 
 def main() -> None:
     """Entry point: run the app and turn errors a user can cause into one sentence."""
+    import warnings
+
     from pydantic import ValidationError
 
     from pipelines.platform.dataio import DataFileError
     from pipelines.platform.infra import PortInUse
     from pipelines.platform.stream import ServiceUnavailable
 
-    import warnings
+    # Libraries re-enable their deprecation warnings on import; a command's output is for its user, so drop them.
+    show = warnings.showwarning
 
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
+    def quiet(message, category, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not issubclass(category, (DeprecationWarning, FutureWarning, UserWarning)):
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = quiet
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=True)  # click prints usage errors itself (exit 2)
     except (DataFileError, ServiceUnavailable, PortInUse, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(1) from None
+        fail(str(exc))
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ()))
-        console.print(f"[red]error:[/red] setting {field.upper() and 'MLSD_' + field.upper()}: {first.get('msg')}.")
-        raise SystemExit(1) from None
+        name = "MLSD_" + ".".join(str(p) for p in first.get("loc", ())).upper()
+        reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        fail(f"{name}={first.get('input')!r} is not valid: {reason.rstrip('.')}.")
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(1) from None
+        fail(str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except SystemExit:
-        raise
-    except Exception as exc:  # typer's usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(1) from None
-        raise

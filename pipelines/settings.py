@@ -49,14 +49,14 @@ class Settings(BaseSettings):
     fraud_smote_ratio: float = 0.1
 
     # Stream processors
-    stream_batch_size: int = 2000
-    stream_batch_ms: int = 200
+    stream_batch_size: int = 5000
+    stream_batch_ms: int = 250
 
     @field_validator("feast_online_store")
     @classmethod
     def _known_online_store(cls, value: str) -> str:
         if value not in {"sqlite", "redis"}:
-            raise ValueError("MLSD_FEAST_ONLINE_STORE must be 'sqlite' or 'redis'")
+            raise ValueError("use 'sqlite' or 'redis'")
         return value
 
     @property

@@ -16,6 +16,7 @@ the transaction itself (`request_features`), the same function at training and a
 from __future__ import annotations
 
 import heapq
+from bisect import insort
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,14 @@ class _TerminalState:
     clock: float = float("-inf")
 
 
+def _append_in_order(window: deque, item: float | tuple[float, float]) -> None:
+    """Append, or insert in time order when a transaction arrives late (rare in a stream, never in a backfill)."""
+    if window and item < window[-1]:
+        insort(window, item)
+    else:
+        window.append(item)
+
+
 class FraudFeatureEngine:
     """Window state for every customer and terminal; times are epoch seconds."""
 
@@ -87,10 +96,11 @@ class FraudFeatureEngine:
         counts, sums = state.counts, state.sums
         for i, span in enumerate(self.spans):
             window = state.windows[i]
-            window.append((time, amount))
-            counts[i] += 1
-            sums[i] += amount
             horizon = clock - span
+            if time > horizon:  # a late transaction already older than the window never enters it
+                _append_in_order(window, (time, amount))
+                counts[i] += 1
+                sums[i] += amount
             while window and window[0][0] <= horizon:
                 _, old = window.popleft()
                 counts[i] -= 1
@@ -107,7 +117,7 @@ class FraudFeatureEngine:
         while state.waiting and state.waiting[0] <= entered:
             tx_time = state.waiting.popleft()
             for window in state.windows:
-                window.append(tx_time)
+                _append_in_order(window, tx_time)
         while state.pending_frauds and state.pending_frauds[0][0] <= clock:
             _, tx_time = heapq.heappop(state.pending_frauds)
             for i, span in enumerate(self.spans):
@@ -123,7 +133,7 @@ class FraudFeatureEngine:
                 heapq.heappop(frauds)
             counts.append(len(window))
             risks.append(round(min(len(frauds), len(window)) / len(window), 6) if window else 0.0)
-        state.waiting.append(time)
+        _append_in_order(state.waiting, time)
         return (*counts, *risks)
 
     def run(

@@ -33,12 +33,13 @@ def rebalance(
     if positives == 0:
         raise ValueError("the training window holds no known fraud; use a longer window or more data")
     weight = 1.0
-    if strategy.startswith("smote"):
+    negatives = len(labels) - positives
+    target = int(smote_ratio * negatives)  # minority size SMOTE should reach
+    if strategy.startswith("smote") and target > positives:  # a fold already at the ratio is left alone
         from imblearn.over_sampling import SMOTE
 
-        ratio = max(smote_ratio, positives / max(1, len(labels) - positives) + 1e-9)
         k_neighbors = max(1, min(5, positives - 1))
-        sampler = SMOTE(sampling_strategy=ratio, k_neighbors=k_neighbors, random_state=seed)
+        sampler = SMOTE(sampling_strategy={1: target}, k_neighbors=k_neighbors, random_state=seed)
         resampled_x, resampled_y = sampler.fit_resample(features.to_numpy(dtype=np.float32), labels)
         features = pd.DataFrame(resampled_x, columns=features.columns)
         labels = np.asarray(resampled_y)

@@ -197,12 +197,6 @@ def test_smote_adds_synthetic_frauds_up_to_the_ratio(
     assert weight == pytest.approx(expected_weight)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="SMOTE is asked for zero new rows when the fold already holds smote_ratio frauds per genuine row, "
-    "and imbalanced-learn refuses that",
-)
 @pytest.mark.parametrize("smote_ratio", [0.01, 0.055], ids=["below-the-fold-ratio", "less-than-one-row-above"])
 def test_smote_leaves_a_fold_alone_when_it_already_has_the_ratio(
     imbalanced: tuple[pd.DataFrame, np.ndarray], smote_ratio: float

@@ -24,8 +24,13 @@ def machine() -> dict[str, Any]:
 def save(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                "machine": machine(), **result}, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), **result},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"wrote {path}")
     return path
 
@@ -36,8 +41,12 @@ def scratch_stack(home: Path, with_broker: bool = True) -> Iterator[Settings]:
     from pipelines.platform.infra import all_topics, free_port, start_broker, stop_process
 
     port = free_port()
-    settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home.resolve() / 'mlflow.db'}", kafka_port=port,
-                        kafka_bootstrap=f"127.0.0.1:{port}")
+    settings = Settings(
+        home=home,
+        mlflow_tracking_uri=f"sqlite:///{home.resolve() / 'mlflow.db'}",
+        kafka_port=port,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+    )
     if with_broker:
         start_broker(settings, all_topics())
     try:

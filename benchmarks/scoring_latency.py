@@ -32,10 +32,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, scratch_stack(Path(tmp)) as settings:
         train_fraud(settings, frame)
         port = free_port()
-        env = {**os.environ, "MLSD_HOME": str(settings.home), "MLSD_MLFLOW_TRACKING_URI": settings.tracking_uri,
-               "MLSD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "MLSD_FRAUD_SERVICE_PORT": str(port)}
-        service = subprocess.Popen([str(Path(sys.executable).parent / "mlsd"), "fraud", "serve"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {
+            **os.environ,
+            "MLSD_HOME": str(settings.home),
+            "MLSD_MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MLSD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "MLSD_FRAUD_SERVICE_PORT": str(port),
+        }
+        service = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlsd"), "fraud", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_for_http(f"{base}/readyz", 120, "the scoring service")
@@ -46,20 +56,28 @@ def main() -> None:
             print("200 req/s:", sustained.summary_rows())
             save_latency_histogram(sustained, RESULTS / "scoring_200rps.png", "fraud /score at 200 req/s")
             rates = [float(r) for r in args.rates.split(",")]
-            best, steps = find_max_rate(url, lambda i: payloads[i % len(payloads)], rates, args.step_seconds,
-                                        p99_budget_ms=50.0, cooldown_s=3.0,
-                                        on_step=lambda r: print(f"{r.target_rps:.0f} req/s: p99 {r.p99_ms} ms, "
-                                                                f"errors {r.errors}"))
+            best, steps = find_max_rate(
+                url,
+                lambda i: payloads[i % len(payloads)],
+                rates,
+                args.step_seconds,
+                p99_budget_ms=50.0,
+                cooldown_s=3.0,
+                on_step=lambda r: print(f"{r.target_rps:.0f} req/s: p99 {r.p99_ms} ms, errors {r.errors}"),
+            )
         finally:
             os.killpg(service.pid, signal.SIGTERM)
             service.wait(timeout=30)
-    save("scoring_latency", {
-        "sustained_200rps": sustained.to_dict(),
-        "max_rate_with_p99_le_50ms": best,
-        "steps": [s.to_dict() for s in steps],
-        "targets": {"p99_ms_at_200rps": 20, "max_rate_p99_50ms": 800},
-        "workers": settings.fraud_service_workers,
-    })
+    save(
+        "scoring_latency",
+        {
+            "sustained_200rps": sustained.to_dict(),
+            "max_rate_with_p99_le_50ms": best,
+            "steps": [s.to_dict() for s in steps],
+            "targets": {"p99_ms_at_200rps": 20, "max_rate_p99_50ms": 800},
+            "workers": settings.fraud_service_workers,
+        },
+    )
 
 
 if __name__ == "__main__":

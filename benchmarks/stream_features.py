@@ -25,8 +25,9 @@ def process(settings, history, group: str, idle_s: float, offset_reset: str = "e
     sink = FraudFeatureSink(settings, store, warm_engine(history, settings.fraud_label_delay_days))
     consumer = make_consumer(settings, list(SCHEMAS), group, auto_offset_reset=offset_reset)
     producer = make_producer(settings)
-    stats = run_micro_batches(consumer, producer, SCHEMAS, sink, settings.stream_batch_size, settings.stream_batch_ms,
-                              idle_stop_s=idle_s)
+    stats = run_micro_batches(
+        consumer, producer, SCHEMAS, sink, settings.stream_batch_size, settings.stream_batch_ms, idle_stop_s=idle_s
+    )
     consumer.close()
     producer.close()
     return stats, sink
@@ -43,7 +44,7 @@ def main() -> None:
     cut = frame["timestamp"].min() + pd.Timedelta(days=40)
     history, live = frame[frame["timestamp"] < cut], frame[frame["timestamp"] >= cut]
     throughput_events = live.head(args.transactions)
-    fresh_events = live.iloc[args.transactions:].head(int(args.fresh_rate * args.fresh_seconds))
+    fresh_events = live.iloc[args.transactions :].head(int(args.fresh_rate * args.fresh_seconds))
 
     with tempfile.TemporaryDirectory() as tmp, scratch_stack(Path(tmp)) as base:
         settings = base.model_copy(update={"feast_online_store": args.online_store})
@@ -51,26 +52,45 @@ def main() -> None:
         # 1) throughput: the topic is filled first, then one processor drains it as fast as it can.
         replay_transactions(producer, throughput_events, rate=0)
         stats, sink = process(settings, history, "bench-throughput", idle_s=3)
-        throughput = {"events": stats.processed, "transactions": sink.stats.transactions, "seconds": stats.seconds,
-                      "transactions_per_s": sink.stats.transactions / stats.seconds, "batches": stats.batches,
-                      "batch_size": settings.stream_batch_size}
+        throughput = {
+            "events": stats.processed,
+            "transactions": sink.stats.transactions,
+            "seconds": stats.seconds,
+            "transactions_per_s": sink.stats.transactions / stats.seconds,
+            "batches": stats.batches,
+            "batch_size": settings.stream_batch_size,
+        }
         print(f"throughput: {throughput['transactions_per_s']:,.0f} transactions/s over {stats.processed:,} events")
 
         # 2) freshness: events produced at a steady rate while the processor runs.
         result: dict = {}
-        worker = threading.Thread(target=lambda: result.update(
-            zip(("stats", "sink"), process(settings, None, "bench-freshness", idle_s=3, offset_reset="latest"))))
+        worker = threading.Thread(
+            target=lambda: result.update(
+                zip(
+                    ("stats", "sink"),
+                    process(settings, None, "bench-freshness", idle_s=3, offset_reset="latest"),
+                    strict=True,
+                )
+            )
+        )
         worker.start()
         time.sleep(6)  # group join
         sent = replay_transactions(producer, fresh_events, rate=args.fresh_rate)
         worker.join()
         freshness = percentile_summary(result["sink"].stats.freshness_ms)
-        print(f"freshness at {sent['rate']:,.0f} events/s: p50 {freshness['p50']:.0f} ms, p99 {freshness['p99']:.0f} ms")
+        print(
+            f"freshness at {sent['rate']:,.0f} events/s: p50 {freshness['p50']:.0f} ms, p99 {freshness['p99']:.0f} ms"
+        )
         producer.close()
-    save(f"stream_features_{args.online_store}", {"online_store": args.online_store, "throughput": throughput,
-                             "freshness": {"target_rate": args.fresh_rate, "achieved_rate": sent["rate"],
-                                           "ms": freshness},
-                             "targets": {"transactions_per_s": 10_000, "freshness_p99_ms": 1000}})
+    save(
+        f"stream_features_{args.online_store}",
+        {
+            "online_store": args.online_store,
+            "throughput": throughput,
+            "freshness": {"target_rate": args.fresh_rate, "achieved_rate": sent["rate"], "ms": freshness},
+            "targets": {"transactions_per_s": 10_000, "freshness_p99_ms": 1000},
+        },
+    )
 
 
 if __name__ == "__main__":

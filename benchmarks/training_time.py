@@ -25,8 +25,10 @@ def main() -> None:
         report = train_fraud(settings, frame, progress=print)
         wall = time.perf_counter() - started
     print(f"{len(frame):,} transactions: {wall:.1f} s end to end; {report.seconds}")
-    save("training_time", {"transactions": len(frame), "wall_seconds": wall, "report": report.to_dict(),
-                           "target_seconds": 120})
+    save(
+        "training_time",
+        {"transactions": len(frame), "wall_seconds": wall, "report": report.to_dict(), "target_seconds": 120},
+    )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,14 @@ from rich.table import Table
 
 from pipelines.settings import Settings
 
-app = typer.Typer(help="Runnable ML system designs: fraud detection on Kafka, Feast, XGBoost, MLflow and BentoML.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-fraud_app = typer.Typer(help="Fraud detection design: simulate, replay, stream, train, backtest, serve.",
-                        no_args_is_help=True)
+app = typer.Typer(
+    help="Runnable ML system designs: fraud detection on Kafka, Feast, XGBoost, MLflow and BentoML.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+fraud_app = typer.Typer(
+    help="Fraud detection design: simulate, replay, stream, train, backtest, serve.", no_args_is_help=True
+)
 loadtest_app = typer.Typer(help="Open-loop load tests against a running service.", no_args_is_help=True)
 infra_app = typer.Typer(help="Single infrastructure roles, for docker-compose and debugging.", no_args_is_help=True)
 app.add_typer(fraud_app, name="fraud")
@@ -107,8 +111,11 @@ def fraud_simulate(
     from pipelines.platform.dataio import write_table
 
     s = settings()
-    overrides: dict = {"fraud_rate": fraud_rate, "seed": seed if seed is not None else s.seed,
-                       "label_delay_days": s.fraud_label_delay_days}
+    overrides: dict = {
+        "fraud_rate": fraud_rate,
+        "seed": seed if seed is not None else s.seed,
+        "label_delay_days": s.fraud_label_delay_days,
+    }
     if days is not None:
         overrides["days"] = days
     frame = simulate_transactions(config_for_size(transactions, **overrides))
@@ -139,15 +146,18 @@ def fraud_replay(
     producer = make_producer(s)
     with Progress(console=console) as progress:
         task = progress.add_task("replaying", total=None)
-        result = replay_transactions(producer, frame, rate,
-                                     lambda done, total: progress.update(task, completed=done, total=total))
+        result = replay_transactions(
+            producer, frame, rate, lambda done, total: progress.update(task, completed=done, total=total)
+        )
     producer.close()
     console.print(f"sent {result['events']:,} events in {result['seconds']:.1f} s ({result['rate']:,.0f}/s)")
 
 
 @fraud_app.command("stream")
 def fraud_stream(
-    history: Annotated[Path | None, typer.Option(help="Transactions already processed (warms the window state)")] = None,
+    history: Annotated[
+        Path | None, typer.Option(help="Transactions already processed (warms the window state)")
+    ] = None,
     group: Annotated[str, typer.Option(help="Consumer group id")] = "fraud-features",
     idle_stop: Annotated[float | None, typer.Option(help="Stop after this many seconds without events")] = None,
     max_events: Annotated[int | None, typer.Option(help="Stop after this many events")] = None,
@@ -174,14 +184,28 @@ def fraud_stream(
         if stats.batches % 20 == 0:
             console.print(f"{stats.processed:,} events, {stats.dead_lettered:,} dead-lettered, {stats.rate:,.0f}/s")
 
-    stats = run_micro_batches(consumer, producer, SCHEMAS, sink, s.stream_batch_size, s.stream_batch_ms,
-                              idle_stop_s=idle_stop, max_events=max_events, on_batch=report)
+    stats = run_micro_batches(
+        consumer,
+        producer,
+        SCHEMAS,
+        sink,
+        s.stream_batch_size,
+        s.stream_batch_ms,
+        idle_stop_s=idle_stop,
+        max_events=max_events,
+        on_batch=report,
+    )
     consumer.close()
     producer.close()
     result = {
-        "events": stats.processed, "transactions": sink.stats.transactions, "labels": sink.stats.labels,
-        "dead_lettered": stats.dead_lettered, "dead_letter_reasons": stats.dead_letter_reasons,
-        "duplicates": sink.stats.duplicates, "seconds": round(stats.seconds, 3), "events_per_s": round(stats.rate, 1),
+        "events": stats.processed,
+        "transactions": sink.stats.transactions,
+        "labels": sink.stats.labels,
+        "dead_lettered": stats.dead_lettered,
+        "dead_letter_reasons": stats.dead_letter_reasons,
+        "duplicates": sink.stats.duplicates,
+        "seconds": round(stats.seconds, 3),
+        "events_per_s": round(stats.rate, 1),
         "freshness_ms": percentile_summary(sink.stats.freshness_ms),
     }
     console.print_json(json.dumps(result))
@@ -213,17 +237,36 @@ def fraud_train(
 
 def print_strategy_table(report) -> None:  # type: ignore[no-untyped-def]
     table = Table(title=f"imbalance strategies on {report.valid_rows:,} validation transactions (time-ordered)")
-    for column in ("strategy", "avg precision", "ROC-AUC", "precision", "recall", "card P@100", "threshold", "cost",
-                   "fit s"):
+    for column in (
+        "strategy",
+        "avg precision",
+        "ROC-AUC",
+        "precision",
+        "recall",
+        "card P@100",
+        "threshold",
+        "cost",
+        "fit s",
+    ):
         table.add_column(column)
     for r in report.strategies:
         mark = " *" if r.strategy == report.best_strategy else ""
-        table.add_row(r.strategy + mark, f"{r.average_precision:.3f}", f"{r.roc_auc:.3f}", f"{r.precision:.3f}",
-                      f"{r.recall:.3f}", f"{r.card_precision_at_100:.3f}", f"{r.threshold:.3f}", f"{r.cost:,.0f}",
-                      f"{r.fit_seconds:.1f}")
+        table.add_row(
+            r.strategy + mark,
+            f"{r.average_precision:.3f}",
+            f"{r.roc_auc:.3f}",
+            f"{r.precision:.3f}",
+            f"{r.recall:.3f}",
+            f"{r.card_precision_at_100:.3f}",
+            f"{r.threshold:.3f}",
+            f"{r.cost:,.0f}",
+            f"{r.fit_seconds:.1f}",
+        )
     console.print(table)
-    console.print(f"registered fraud-xgboost v{report.model_version} ({report.best_strategy}) as champion; "
-                  f"threshold {report.threshold:.3f}; timings {json.dumps({k: round(v, 1) for k, v in report.seconds.items()})}")
+    console.print(
+        f"registered fraud-xgboost v{report.model_version} ({report.best_strategy}) as champion; "
+        f"threshold {report.threshold:.3f}; timings {json.dumps({k: round(v, 1) for k, v in report.seconds.items()})}"
+    )
 
 
 @fraud_app.command("backtest")
@@ -242,16 +285,28 @@ def fraud_backtest(
 
     s = settings()
     frame = read_transactions(transactions, s.fraud_label_delay_days)
-    config = BacktestConfig(train_start=train_start, train_days=train_days, delay_days=delay_days,
-                            test_days=test_days, folds=folds, seed=s.seed, smote_ratio=s.fraud_smote_ratio)
+    config = BacktestConfig(
+        train_start=train_start,
+        train_days=train_days,
+        delay_days=delay_days,
+        test_days=test_days,
+        folds=folds,
+        seed=s.seed,
+        smote_ratio=s.fraud_smote_ratio,
+    )
     with console.status("backtesting") as spinner:
         result = run_backtest(frame, config, progress=lambda m: spinner.update(m))
     table = Table(title=f"prequential backtest, {folds} folds (mean ± std)")
     for column in ("strategy", "ROC-AUC", "average precision", "card precision@100"):
         table.add_column(column)
     for strategy, m in result["summary"].items():
-        table.add_row(strategy, *(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in
-                                  ("roc_auc", "average_precision", "card_precision_at_100")))
+        table.add_row(
+            strategy,
+            *(
+                f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+                for k in ("roc_auc", "average_precision", "card_precision_at_100")
+            ),
+        )
     console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -282,8 +337,21 @@ def fraud_serve(
 
 def service_command(target: str, host: str, port: int, workers: int) -> list[str]:
     root = Path(__file__).resolve().parents[1]
-    return [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port),
-            "--working-dir", str(root), "--api-workers", str(workers)]
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        target,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(root),
+        "--api-workers",
+        str(workers),
+    ]
 
 
 # ---------------------------------------------------------------- load tests
@@ -306,12 +374,19 @@ def loadtest_fraud(
 
     s = settings()
     target = url or f"http://127.0.0.1:{s.fraud_service_port}/score"
-    wait_for_http(target.rsplit("/", 1)[0] + "/readyz", 90, "The fraud scoring service (start it with `mlsd fraud serve`)")
+    wait_for_http(
+        target.rsplit("/", 1)[0] + "/readyz", 90, "The fraud scoring service (start it with `mlsd fraud serve`)"
+    )
     payloads = transaction_payloads(s, transactions)
     with Progress(console=console) as progress:
         task = progress.add_task(f"{rps:.0f} req/s for {duration:.0f} s", total=int(rps * duration))
-        result = run_load_test(target, lambda i: payloads[i % len(payloads)], rps, duration,
-                               progress=lambda done, total: progress.update(task, completed=done))
+        result = run_load_test(
+            target,
+            lambda i: payloads[i % len(payloads)],
+            rps,
+            duration,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
     print_json_or_table(result.summary_rows(), f"load test {target}")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(result, out_dir / f"fraud_{int(rps)}rps.json")

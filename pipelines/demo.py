@@ -25,8 +25,13 @@ from pipelines.settings import Settings
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                    TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def read_decisions(settings: Settings, idle_s: float = 3.0) -> pd.DataFrame:
@@ -35,15 +40,28 @@ def read_decisions(settings: Settings, idle_s: float = 3.0) -> pd.DataFrame:
 
     from pipelines.fraud.events import DECISIONS_TOPIC
 
-    consumer = KafkaConsumer(DECISIONS_TOPIC, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=int(idle_s * 1000))
+    consumer = KafkaConsumer(
+        DECISIONS_TOPIC,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(idle_s * 1000),
+    )
     rows = [json.loads(message.value) for message in consumer]
     consumer.close()
     return pd.DataFrame(rows)
 
 
-def run_demo(settings: Settings, console: Console, n_transactions: int, live_days: int, rps: float,
-             duration: float, keep_running: bool) -> dict[str, Any]:
+def run_demo(
+    settings: Settings,
+    console: Console,
+    n_transactions: int,
+    live_days: int,
+    rps: float,
+    duration: float,
+    keep_running: bool,
+) -> dict[str, Any]:
     from pipelines.fraud.loadgen import payloads_from_frame
     from pipelines.fraud.simulate import config_for_size, fraud_summary, simulate_transactions
     from pipelines.fraud.stream import replay_transactions
@@ -70,15 +88,18 @@ def run_demo(settings: Settings, console: Console, n_transactions: int, live_day
     summary: dict[str, Any] = {}
     try:
         with console.status(f"simulating about {n_transactions:,} transactions"):
-            frame = simulate_transactions(config_for_size(n_transactions, seed=settings.seed,
-                                                          label_delay_days=settings.fraud_label_delay_days))
+            frame = simulate_transactions(
+                config_for_size(n_transactions, seed=settings.seed, label_delay_days=settings.fraud_label_delay_days)
+            )
         cut = frame["timestamp"].max().floor("D") - pd.Timedelta(days=live_days - 1)
         history, live = frame[frame["timestamp"] < cut], frame[frame["timestamp"] >= cut]
         data_dir = settings.data_dir
         write_table(history, data_dir / "history.parquet")
         write_table(live, data_dir / "live.parquet")
-        console.print(f"simulated {len(frame):,} transactions ({frame['is_fraud'].mean():.2%} fraud): "
-                      f"{len(history):,} history, {len(live):,} live over the last {live_days} days")
+        console.print(
+            f"simulated {len(frame):,} transactions ({frame['is_fraud'].mean():.2%} fraud): "
+            f"{len(history):,} history, {len(live):,} live over the last {live_days} days"
+        )
         console.print(fraud_summary(frame).to_string())
 
         with console.status("training") as spinner:
@@ -90,9 +111,21 @@ def run_demo(settings: Settings, console: Console, n_transactions: int, live_day
         stream_json = report_dir / "stream.json"
         stream_json.unlink(missing_ok=True)
         mlsd = [sys.executable, "-m", "pipelines"]
-        start_process(settings, "fraud-stream", [*mlsd, "fraud", "stream", "--history", str(data_dir / "history.parquet"),
-                                                 "--group", f"fraud-features-demo-{int(time.time())}",
-                                                 "--json-out", str(stream_json)])
+        start_process(
+            settings,
+            "fraud-stream",
+            [
+                *mlsd,
+                "fraud",
+                "stream",
+                "--history",
+                str(data_dir / "history.parquet"),
+                "--group",
+                f"fraud-features-demo-{int(time.time())}",
+                "--json-out",
+                str(stream_json),
+            ],
+        )
         processes.append("fraud-stream")
         start_process(settings, "fraud-service", [*mlsd, "fraud", "serve"])
         processes.append("fraud-service")
@@ -104,14 +137,20 @@ def run_demo(settings: Settings, console: Console, n_transactions: int, live_day
         producer = make_producer(settings)
         replay_result: dict[str, float] = {}
         replay_rate = max(len(live) / max(duration, 1.0), 200.0)
-        replay = threading.Thread(target=lambda: replay_result.update(
-            replay_transactions(producer, live, replay_rate)), daemon=True)
+        replay = threading.Thread(
+            target=lambda: replay_result.update(replay_transactions(producer, live, replay_rate)), daemon=True
+        )
         payloads = payloads_from_frame(live)
         replay.start()
         with _progress(console) as progress:
             task = progress.add_task(f"live traffic {rps:.0f} req/s", total=int(rps * duration))
-            load = run_load_test(f"{service}/score", lambda i: payloads[i % len(payloads)], rps, duration,
-                                 progress=lambda done, _total: progress.update(task, completed=done))
+            load = run_load_test(
+                f"{service}/score",
+                lambda i: payloads[i % len(payloads)],
+                rps,
+                duration,
+                progress=lambda done, _total: progress.update(task, completed=done),
+            )
         replay.join(timeout=duration + 120)
         producer.close()
         time.sleep(2)  # let the processor drain its last micro-batch before it is stopped
@@ -133,8 +172,11 @@ def run_demo(settings: Settings, console: Console, n_transactions: int, live_day
         }
         (report_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(console, summary)
-        html_path = write_html_report(report_dir / "demo.html", summary,
-                                      [Path(report.plots["pr_curves"]), Path(report.plots["cost_curve"]), histogram])
+        html_path = write_html_report(
+            report_dir / "demo.html",
+            summary,
+            [Path(report.plots["pr_curves"]), Path(report.plots["cost_curve"]), histogram],
+        )
         console.print(f"report: {html_path}")
         return summary
     finally:
@@ -147,15 +189,24 @@ def run_demo(settings: Settings, console: Console, n_transactions: int, live_day
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
     train, live, stream = summary["train"], summary["live"], summary.get("stream", {})
     table = Table(title="mlsd fraud demo — summary", show_header=False)
-    table.add_row("best strategy", f"{train['best_strategy']} (AP {max(s['average_precision'] for s in train['strategies']):.3f})")
+    table.add_row(
+        "best strategy", f"{train['best_strategy']} (AP {max(s['average_precision'] for s in train['strategies']):.3f})"
+    )
     table.add_row("threshold (cost-optimal)", f"{train['threshold']:.3f}")
-    table.add_row("live latency p50 / p99", f"{live['p50_ms']:.1f} ms / {live['p99_ms']:.1f} ms at {live['rps']:.0f} req/s")
+    table.add_row(
+        "live latency p50 / p99", f"{live['p50_ms']:.1f} ms / {live['p99_ms']:.1f} ms at {live['rps']:.0f} req/s"
+    )
     table.add_row("live requests ok / errors", f"{live['ok']:,} / {live['errors']:,}")
-    table.add_row("decisions on fraud.decisions", ", ".join(f"{k} {v:,}" for k, v in sorted(summary["decisions"].items())))
+    table.add_row(
+        "decisions on fraud.decisions", ", ".join(f"{k} {v:,}" for k, v in sorted(summary["decisions"].items()))
+    )
     if stream:
         fresh = stream.get("freshness_ms", {})
-        table.add_row("stream processor", f"{stream.get('transactions', 0):,} tx, {stream.get('labels', 0):,} labels, "
-                      f"{stream.get('dead_lettered', 0)} dead-lettered; freshness p99 {fresh.get('p99', float('nan')):.0f} ms")
+        table.add_row(
+            "stream processor",
+            f"{stream.get('transactions', 0):,} tx, {stream.get('labels', 0):,} labels, "
+            f"{stream.get('dead_lettered', 0)} dead-lettered; freshness p99 {fresh.get('p99', float('nan')):.0f} ms",
+        )
     console.print(table)
 
 
@@ -174,20 +225,21 @@ def write_html_report(path: Path, summary: dict[str, Any], plots: list[Path]) ->
     )
     live = summary["live"]
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>mlsd fraud demo</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
 img{{max-width:480px}}figure{{display:inline-block;margin:8px}}</style></head><body>
 <h1>mlsd — fraud detection demo</h1>
-<p>{summary['transactions']:,} simulated transactions, {summary['fraud_share']:.2%} fraud. Best strategy
-<b>{html.escape(train['best_strategy'])}</b>, registered as fraud-xgboost v{html.escape(str(train['model_version']))}
-(champion), decision threshold {train['threshold']:.3f}.</p>
+<p>{summary["transactions"]:,} simulated transactions, {summary["fraud_share"]:.2%} fraud. Best strategy
+<b>{html.escape(train["best_strategy"])}</b>, registered as fraud-xgboost v{html.escape(str(train["model_version"]))}
+(champion), decision threshold {train["threshold"]:.3f}.</p>
 <h2>Imbalance strategies (time-ordered validation)</h2>
 <table><tr><th>strategy</th><th>avg precision</th><th>ROC-AUC</th><th>precision</th><th>recall</th>
 <th>card P@100</th><th>threshold</th><th>cost</th></tr>{rows}</table>
 <h2>Live scoring</h2>
-<p>{live['rps']:.0f} req/s for {live['duration_s']:.0f} s: p50 {live['p50_ms']:.1f} ms, p95 {live['p95_ms']:.1f} ms,
-p99 {live['p99_ms']:.1f} ms, {live['errors']} errors. Decisions: {html.escape(json.dumps(summary['decisions']))}.</p>
-<h2>Stream processor</h2><pre>{html.escape(json.dumps(summary.get('stream', {}), indent=2))}</pre>
-<h2>Plots</h2>{''.join(_image(p) for p in plots if p.exists())}
+<p>{live["rps"]:.0f} req/s for {live["duration_s"]:.0f} s: p50 {live["p50_ms"]:.1f} ms, p95 {live["p95_ms"]:.1f} ms,
+p99 {live["p99_ms"]:.1f} ms, {live["errors"]} errors. Decisions: {html.escape(json.dumps(summary["decisions"]))}.</p>
+<h2>Stream processor</h2><pre>{html.escape(json.dumps(summary.get("stream", {}), indent=2))}</pre>
+<h2>Plots</h2>{"".join(_image(p) for p in plots if p.exists())}
 </body></html>"""
     path.write_text(body)
     return path

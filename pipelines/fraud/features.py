@@ -82,9 +82,7 @@ class FraudFeatureEngine:
         state = self.terminals.setdefault(terminal_id, _TerminalState())
         heapq.heappush(state.pending_frauds, (max(tx_time + self.delay, label_time), tx_time))
 
-    def add_transaction(
-        self, customer_id: str, terminal_id: str, time: float, amount: float
-    ) -> tuple[tuple, tuple]:
+    def add_transaction(self, customer_id: str, terminal_id: str, time: float, amount: float) -> tuple[tuple, tuple]:
         """Update state with one transaction; return the new customer row and terminal row (without ids/time)."""
         return self._customer(customer_id, time, amount), self._terminal(terminal_id, time)
 
@@ -173,8 +171,10 @@ def backfill_features(
     engine = engine or FraudFeatureEngine(label_delay_days)
     frauds = transactions[transactions["is_fraud"] == 1]
     for terminal_id, tx_time, label_time in zip(
-        frauds["terminal_id"].astype(str), epoch_seconds(frauds["timestamp"]),
-        epoch_seconds(frauds["label_timestamp"]), strict=True,
+        frauds["terminal_id"].astype(str),
+        epoch_seconds(frauds["timestamp"]),
+        epoch_seconds(frauds["label_timestamp"]),
+        strict=True,
     ):
         engine.add_label(terminal_id, tx_time, label_time)
     ordered = transactions.sort_values(["timestamp", "transaction_id"], kind="stable")

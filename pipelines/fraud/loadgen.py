@@ -26,4 +26,4 @@ def transaction_payloads(settings: Settings, path: Path | None, limit: int = 50_
 def payloads_from_frame(frame: pd.DataFrame) -> list[dict[str, Any]]:
     columns = frame[["transaction_id", "timestamp", "customer_id", "terminal_id", "amount"]].copy()
     columns["timestamp"] = pd.to_datetime(columns["timestamp"], utc=True).map(lambda t: t.isoformat())
-    return columns.to_dict(orient="records")
+    return [{str(k): v for k, v in row.items()} for row in columns.to_dict(orient="records")]

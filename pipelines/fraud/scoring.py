@@ -82,7 +82,9 @@ class FraudScorer:
         """The features that pushed the score up most (XGBoost's exact per-feature contributions)."""
         from xgboost import DMatrix
 
-        contributions = self.booster.predict(DMatrix(matrix, feature_names=MODEL_FEATURES, nthread=1), pred_contribs=True)[0][:-1]
+        contributions = self.booster.predict(
+            DMatrix(matrix, feature_names=MODEL_FEATURES, nthread=1), pred_contribs=True
+        )[0][:-1]
         order = np.argsort(contributions)[::-1][:TOP_REASONS]
         return [f"{MODEL_FEATURES[i]}={matrix[0, i]:.4g}" for i in order if contributions[i] > 0]
 

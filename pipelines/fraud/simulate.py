@@ -130,8 +130,7 @@ def _config_problems(c: SimulationConfig) -> list[str]:
     need(c.days >= 1, f"days must be at least 1, got {c.days}.")
     need(
         0 < c.fraud_rate < 0.5,
-        f"fraud_rate must lie strictly between 0 and 0.5, got {c.fraud_rate}; "
-        "a realistic value is 0.005-0.01.",
+        f"fraud_rate must lie strictly between 0 and 0.5, got {c.fraud_rate}; a realistic value is 0.005-0.01.",
     )
     need(c.label_delay_days >= 1, f"label_delay_days must be at least 1, got {c.label_delay_days}.")
     need(c.seed >= 0, f"seed must be zero or a positive integer, got {c.seed}.")
@@ -156,9 +155,7 @@ def _config_problems(c: SimulationConfig) -> list[str]:
     for name in ("large_amount_factor", "compromised_days", "burst_size", "burst_amount_factor"):
         low, high = getattr(c, name)
         need(0 < low <= high, f"{name} must be a (low, high) pair with 0 < low <= high, got {(low, high)}.")
-    need(
-        c.large_amount_factor[0] > 1, f"large_amount_factor must start above 1, got {c.large_amount_factor}."
-    )
+    need(c.large_amount_factor[0] > 1, f"large_amount_factor must start above 1, got {c.large_amount_factor}.")
     need(
         0 < c.compromised_fraud_share <= 1,
         f"compromised_fraud_share must be in (0, 1], got {c.compromised_fraud_share}.",
@@ -202,9 +199,7 @@ def config_for_size(n_transactions: int, **overrides: Any) -> SimulationConfig:
     known = {f.name for f in fields(SimulationConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(
-            f"unknown simulation setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}."
-        )
+        raise ValueError(f"unknown simulation setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
     base = SimulationConfig(**overrides)
     per_customer = expected_transactions(replace(base, n_customers=1))
     if "n_customers" in overrides and "days" not in overrides:
@@ -233,9 +228,7 @@ class _World:
     amount_sigma: np.ndarray
     amount_mean: np.ndarray
     tx_per_day: np.ndarray
-    reach_start: (
-        np.ndarray
-    )  # customer c pays at reach_terminals[reach_start[c]:reach_start[c] + reach_count[c]]
+    reach_start: np.ndarray  # customer c pays at reach_terminals[reach_start[c]:reach_start[c] + reach_count[c]]
     reach_count: np.ndarray
     reach_terminals: np.ndarray
 
@@ -293,9 +286,7 @@ def _build_world(config: SimulationConfig, rng: np.random.Generator) -> _World:
 
     customer_xy = rng.uniform(0, GRID_SIZE, size=(config.n_customers, 2))
     terminal_xy = rng.uniform(0, GRID_SIZE, size=(config.n_terminals, 2))
-    amount_mean = config.amount_median * np.exp(
-        config.amount_spread * rng.standard_normal(config.n_customers)
-    )
+    amount_mean = config.amount_median * np.exp(config.amount_spread * rng.standard_normal(config.n_customers))
     amount_mean = np.clip(amount_mean, 1.0, None)
     amount_cv = rng.uniform(0.3, 0.8, size=config.n_customers)
     sigma2 = np.log1p(amount_cv**2)
@@ -375,12 +366,8 @@ def _compromise_terminals(
     shortest, longest = config.compromised_days
     share = config.compromised_fraud_share
     # Periods start uniformly from `longest` days before the first day, so the first days already see some.
-    per_period = (
-        share * len(terminal) / (n_terminals * days) * (shortest + longest) / 2 * days / (days + longest)
-    )
-    n_candidates = int(
-        min(3 * target / max(per_period, 1e-9) + 20, 50 * n_terminals * (days + longest) / shortest)
-    )
+    per_period = share * len(terminal) / (n_terminals * days) * (shortest + longest) / 2 * days / (days + longest)
+    n_candidates = int(min(3 * target / max(per_period, 1e-9) + 20, 50 * n_terminals * (days + longest) / shortest))
     period_terminal = rng.integers(0, n_terminals, size=n_candidates)
     period_start = rng.integers(-longest + 1, days, size=n_candidates)
     period_end = period_start + rng.integers(shortest, longest + 1, size=n_candidates)
@@ -392,9 +379,7 @@ def _compromise_terminals(
     lengths = (last - first)[:n_periods]
     offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     compromised = np.zeros((n_terminals, days), dtype=bool)
-    compromised[
-        np.repeat(period_terminal[:n_periods], lengths), np.repeat(first[:n_periods], lengths) + offsets
-    ] = True
+    compromised[np.repeat(period_terminal[:n_periods], lengths), np.repeat(first[:n_periods], lengths) + offsets] = True
     hit = compromised[terminal, day] & (rng.random(len(terminal)) < share)
     scenario[hit] = SCENARIO_COMPROMISED_TERMINAL
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from feature_repo.fraud import CUSTOMER_PUSH, CUSTOMER_VIEW, TERMINAL_PUSH, TERMINAL_VIEW
 from pipelines.fraud.events import LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
     from kafka import KafkaProducer
 
-SCHEMAS = {TRANSACTIONS_TOPIC: TransactionEvent, LABELS_TOPIC: LabelEvent}
+SCHEMAS: dict[str, type[BaseModel]] = {TRANSACTIONS_TOPIC: TransactionEvent, LABELS_TOPIC: LabelEvent}
 # How many recent ids to remember for dropping redelivered events (at-least-once delivery).
 DEDUPE_MEMORY = 2_000_000
 
@@ -57,7 +58,7 @@ def _records(events: pd.DataFrame) -> list[tuple[str, bytes, bytes]]:
         for key in ("timestamp", "label_timestamp"):
             if key in payload:
                 payload[key] = payload[key].isoformat()
-        out.append((row.topic, str(row.customer_id).encode(), encode(payload)))
+        out.append((str(row.topic), str(row.customer_id).encode(), encode(payload)))
     return out
 
 

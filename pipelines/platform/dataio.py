@@ -94,9 +94,7 @@ def read_table(
     optional = optional or {}
     for column, kind in {**required, **optional}.items():
         if kind not in COLUMN_KINDS:
-            raise ValueError(
-                f"column {column!r} has unknown kind {kind!r}; use one of {', '.join(COLUMN_KINDS)}"
-            )
+            raise ValueError(f"column {column!r} has unknown kind {kind!r}; use one of {', '.join(COLUMN_KINDS)}")
 
     fmt = file_format(path)
     if not path.exists():
@@ -121,8 +119,7 @@ def read_table(
     repeated = [column for column in declared if (frame.columns == column).sum() > 1]
     if repeated:
         raise DataFileError(
-            f"{path}: column '{repeated[0]}' appears more than once in the header; "
-            "keep one and rename the others.",
+            f"{path}: column '{repeated[0]}' appears more than once in the header; keep one and rename the others.",
             path=path,
             column=repeated[0],
         )
@@ -331,9 +328,7 @@ def _integer_result(numbers: np.ndarray, blank: np.ndarray, index: pd.Index) -> 
 
 def _to_int(series: pd.Series, blank: np.ndarray) -> tuple[pd.Series, np.ndarray]:
     if ptypes.is_integer_dtype(series.dtype) and not blank.any():
-        return pd.Series(series.to_numpy(dtype="int64"), index=series.index), np.zeros(
-            len(series), dtype=bool
-        )
+        return pd.Series(series.to_numpy(dtype="int64"), index=series.index), np.zeros(len(series), dtype=bool)
     numbers = _numbers(series)
     bad = ~np.isfinite(numbers)
     bad |= ~bad & (numbers != np.round(np.where(bad, 0.0, numbers)))

@@ -87,7 +87,9 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.pid"
 
 
-def start_process(settings: Settings, name: str, command: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+def start_process(
+    settings: Settings, name: str, command: list[str], env: dict[str, str] | None = None
+) -> ManagedProcess:
     """Start a background process in its own session, logging to `<home>/run/<name>.log`."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     log = settings.run_dir / f"{name}.log"
@@ -172,11 +174,20 @@ def start_mlflow(settings: Settings) -> ManagedProcess:
 
 def mlflow_server_command(settings: Settings, host: str) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", settings.backend_store_uri,
-        "--artifacts-destination", settings.artifacts_destination,
-        "--host", host, "--port", str(settings.mlflow_port),
-        "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        settings.backend_store_uri,
+        "--artifacts-destination",
+        settings.artifacts_destination,
+        "--host",
+        host,
+        "--port",
+        str(settings.mlflow_port),
+        "--workers",
+        "1",
     ]
 
 

@@ -6,6 +6,7 @@ dead letters were flushed, so a crash replays the batch and idempotent sinks mak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -105,12 +106,10 @@ def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 admin.create_topics(
                     [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass
         return missing
     finally:
         admin.close()
@@ -201,10 +200,8 @@ def run_micro_batches(
     flag = _StopFlag()
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # signals can only be set from the main thread
             previous[sig] = signal.signal(sig, flag)
-        except ValueError:  # not the main thread
-            pass
     started = time.perf_counter()
     last_message = time.monotonic()
     try:

@@ -124,7 +124,7 @@ def cost_curve(
 
 
 def choose_threshold(curve: pd.DataFrame) -> float:
-    return float(curve.loc[curve["cost"].idxmin(), "threshold"])
+    return float(curve["threshold"].to_numpy()[int(np.argmin(curve["cost"].to_numpy()))])
 
 
 def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:

@@ -34,4 +34,8 @@ class FraudService:
 
     @bentoml.api(route="/model")
     async def model(self) -> dict:
-        return {"name": "fraud-xgboost", "version": self.scorer.model_version, "threshold": self.scorer.rules.decline_threshold}
+        return {
+            "name": "fraud-xgboost",
+            "version": self.scorer.model_version,
+            "threshold": self.scorer.rules.decline_threshold,
+        }

@@ -41,11 +41,17 @@ def service(tmp_path_factory, broker, small_transactions):
     settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
     train_fraud(settings, small_transactions, params=XGBParams(n_estimators=60))
     port = free_port()
-    env = {**os.environ, "MLSD_HOME": str(home), "MLSD_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-           "MLSD_KAFKA_BOOTSTRAP": broker, "MLSD_FRAUD_SERVICE_PORT": str(port)}
+    env = {
+        **os.environ,
+        "MLSD_HOME": str(home),
+        "MLSD_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLSD_KAFKA_BOOTSTRAP": broker,
+        "MLSD_FRAUD_SERVICE_PORT": str(port),
+    }
     mlsd = Path(sys.executable).parent / "mlsd"
-    process = subprocess.Popen([str(mlsd), "fraud", "serve"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [str(mlsd), "fraud", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -83,8 +89,13 @@ def test_a_transaction_gets_a_decision_with_score_version_and_reasons(service, s
     genuine_scores = [decisions[t]["score"] for t in genuine["transaction_id"]]
     assert sum(fraud_scores) / len(fraud_scores) > 5 * sum(genuine_scores) / len(genuine_scores)
 
-    consumer = KafkaConsumer(DECISIONS_TOPIC, bootstrap_servers=service[1].kafka_bootstrap, group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        DECISIONS_TOPIC,
+        bootstrap_servers=service[1].kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
     published = {json.loads(m.value)["transaction_id"] for m in consumer}
     consumer.close()
     assert set(decisions) <= published
@@ -100,8 +111,16 @@ def test_invalid_payloads_get_a_400_naming_the_fields(service):
 
 def test_blocklisted_and_unknown_entities(service):
     base, _ = service
-    status, body = post(f"{base}/score", {"transaction_id": "t2", "timestamp": "2026-03-01T12:00:00Z",
-                                         "customer_id": "NEVER-SEEN", "terminal_id": "NEVER-SEEN", "amount": 12.5})
+    status, body = post(
+        f"{base}/score",
+        {
+            "transaction_id": "t2",
+            "timestamp": "2026-03-01T12:00:00Z",
+            "customer_id": "NEVER-SEEN",
+            "terminal_id": "NEVER-SEEN",
+            "amount": 12.5,
+        },
+    )
     assert status == 200 and body["decision"] == "approve"  # no history is not an error
 
 

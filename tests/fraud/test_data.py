@@ -127,9 +127,7 @@ def test_missing_column(tmp_path: Path) -> None:
 
 def test_bad_type(tmp_path: Path) -> None:
     expect_error(small_file(tmp_path, is_fraud=["0", "yes please", "1"]), "is_fraud", "row 2")
-    expect_error(
-        small_file(tmp_path, timestamp=["2026-01-01", "yesterday", "2026-01-02"]), "timestamp", "row 2"
-    )
+    expect_error(small_file(tmp_path, timestamp=["2026-01-01", "yesterday", "2026-01-02"]), "timestamp", "row 2")
 
 
 def test_null_in_required_column(tmp_path: Path) -> None:

@@ -176,9 +176,7 @@ def test_config_for_size_keeps_the_default_world_at_default_size() -> None:
 
 
 def test_tiny_worlds_still_work() -> None:
-    frame = simulate_transactions(
-        SimulationConfig(n_customers=3, n_terminals=2, days=1, fraud_rate=0.3, seed=1)
-    )
+    frame = simulate_transactions(SimulationConfig(n_customers=3, n_terminals=2, days=1, fraud_rate=0.3, seed=1))
     assert frame["transaction_id"].is_unique
     assert (frame["amount"] > 0).all()
 

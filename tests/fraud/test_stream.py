@@ -39,8 +39,12 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
     producer = make_producer(settings)
     replay_transactions(producer, live, rate=0)
     # Malformed events in the middle of the stream: they must be dead-lettered, not stop the processor.
-    for bad in (b"{oops", b'{"transaction_id":"bad1","timestamp":"2026-01-01T00:00:00Z","customer_id":"C1",'
-                b'"terminal_id":"M1","amount":-5}', b'{"transaction_id":"bad2","customer_id":"C1"}'):
+    for bad in (
+        b"{oops",
+        b'{"transaction_id":"bad1","timestamp":"2026-01-01T00:00:00Z","customer_id":"C1",'
+        b'"terminal_id":"M1","amount":-5}',
+        b'{"transaction_id":"bad2","customer_id":"C1"}',
+    ):
         producer.send(TRANSACTIONS_TOPIC, bad)
     producer.flush()
     consumer = make_consumer(settings, list(SCHEMAS), unique("fraud-features"))
@@ -57,28 +61,50 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
     expected_terminals = latest_per_entity(terminals[in_live], "terminal_id").set_index("terminal_id")
 
     sample = live.drop_duplicates("customer_id").head(200)
-    online = read_online(store, FEATURE_SERVICE, [
-        {"customer_id": c, "terminal_id": t} for c, t in zip(sample["customer_id"], sample["terminal_id"], strict=True)
-    ])
+    online = read_online(
+        store,
+        FEATURE_SERVICE,
+        [
+            {"customer_id": c, "terminal_id": t}
+            for c, t in zip(sample["customer_id"], sample["terminal_id"], strict=True)
+        ],
+    )
     for feature in CUSTOMER_FEATURES:
-        np.testing.assert_allclose(online[feature].to_numpy(dtype=float),
-                                   expected_customers.loc[sample["customer_id"], feature].to_numpy(dtype=float),
-                                   rtol=1e-6, err_msg=feature)
+        np.testing.assert_allclose(
+            online[feature].to_numpy(dtype=float),
+            expected_customers.loc[sample["customer_id"], feature].to_numpy(dtype=float),
+            rtol=1e-6,
+            err_msg=feature,
+        )
     for feature in TERMINAL_FEATURES:
-        np.testing.assert_allclose(online[feature].to_numpy(dtype=float),
-                                   expected_terminals.loc[sample["terminal_id"], feature].to_numpy(dtype=float),
-                                   rtol=1e-6, err_msg=feature)
+        np.testing.assert_allclose(
+            online[feature].to_numpy(dtype=float),
+            expected_terminals.loc[sample["terminal_id"], feature].to_numpy(dtype=float),
+            rtol=1e-6,
+            err_msg=feature,
+        )
 
     offline_customers = read_offline(settings, CUSTOMER_VIEW)
     offline_terminals = read_offline(settings, TERMINAL_VIEW)
     assert len(offline_customers) == len(offline_terminals) == len(live)
-    np.testing.assert_allclose(offline_customers[CUSTOMER_FEATURES].to_numpy(dtype=float),
-                               customers[in_live][CUSTOMER_FEATURES].to_numpy(dtype=float), rtol=1e-6)
-    np.testing.assert_allclose(offline_terminals[TERMINAL_FEATURES].to_numpy(dtype=float),
-                               terminals[in_live][TERMINAL_FEATURES].to_numpy(dtype=float), rtol=1e-6)
+    np.testing.assert_allclose(
+        offline_customers[CUSTOMER_FEATURES].to_numpy(dtype=float),
+        customers[in_live][CUSTOMER_FEATURES].to_numpy(dtype=float),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        offline_terminals[TERMINAL_FEATURES].to_numpy(dtype=float),
+        terminals[in_live][TERMINAL_FEATURES].to_numpy(dtype=float),
+        rtol=1e-6,
+    )
 
-    dead = KafkaConsumer(TRANSACTIONS_TOPIC + DLQ_SUFFIX, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                         auto_offset_reset="earliest", consumer_timeout_ms=2000)
+    dead = KafkaConsumer(
+        TRANSACTIONS_TOPIC + DLQ_SUFFIX,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+    )
     reasons = [json.loads(m.value)["reason"] for m in dead]
     dead.close()
     assert "not valid JSON" in reasons

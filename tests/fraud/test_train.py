@@ -57,7 +57,9 @@ def test_every_run_is_logged_with_metrics_plots_features_and_reference(trained):
             run.data.metrics
         )
         assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
-            f"plots/cost_{run.data.params['strategy']}.png", f"plots/pr_{run.data.params['strategy']}.png"}
+            f"plots/cost_{run.data.params['strategy']}.png",
+            f"plots/pr_{run.data.params['strategy']}.png",
+        }
     parent = next(r for r in runs if not r.data.tags.get("mlflow.parentRunId"))
     paths = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"features.json", "reference", "plots"} <= paths
@@ -73,8 +75,11 @@ def test_the_training_set_uses_only_rows_stored_before_each_transaction(trained,
     frame = training_frame(store, head)
     customers, _ = backfill_features(small_transactions, settings.fraud_label_delay_days)
     # For each transaction, the expected row is the customer's previous transaction's row (or none).
-    customers = customers.assign(transaction_id=small_transactions.sort_values(
-        ["timestamp", "transaction_id"], kind="stable")["transaction_id"].to_numpy())
+    customers = customers.assign(
+        transaction_id=small_transactions.sort_values(["timestamp", "transaction_id"], kind="stable")[
+            "transaction_id"
+        ].to_numpy()
+    )
     previous = customers.groupby("customer_id")[CUSTOMER_FEATURES].shift(1)
     previous.index = customers["transaction_id"]
     expected = previous.loc[head["transaction_id"], "customer_tx_count_7d"].to_numpy(dtype=float)

@@ -20,9 +20,7 @@ def sample_frame() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": ["007", "a-1", "1234"],
-            "when": pd.to_datetime(
-                ["2026-01-01 00:00:00", "2026-01-02 12:30:05", "2026-02-28 23:59:59"], utc=True
-            ),
+            "when": pd.to_datetime(["2026-01-01 00:00:00", "2026-01-02 12:30:05", "2026-02-28 23:59:59"], utc=True),
             "price": [1.5, 0.0, 1234.56],
             "qty": [1, 0, -3],
             "flag": [0, 1, 1],
@@ -61,9 +59,7 @@ def test_round_trip_keeps_types_and_values(tmp_path: Path, name: str) -> None:
 
 
 def test_extra_columns_are_kept_untouched(tmp_path: Path) -> None:
-    path = write_csv(
-        tmp_path / "t.csv", "id,when,price,qty,flag,zip,comment\n1,2026-01-01,2,3,1,00501,hello\n"
-    )
+    path = write_csv(tmp_path / "t.csv", "id,when,price,qty,flag,zip,comment\n1,2026-01-01,2,3,1,00501,hello\n")
     loaded = read_table(path, {**REQUIRED, "zip": "string"})
     assert loaded["zip"].tolist() == ["00501"]  # declared text keeps its leading zeros
     assert loaded["comment"].tolist() == ["hello"]

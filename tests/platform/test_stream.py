@@ -28,8 +28,9 @@ class Reading(BaseModel):
 
 
 def drain(bootstrap: str, topic: str) -> list[dict]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             consumer_timeout_ms=2000)
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", consumer_timeout_ms=2000
+    )
     values = [json.loads(m.value) for m in consumer]
     consumer.close()
     return values
@@ -39,15 +40,22 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_stream_goes_on(kafka_set
     topic = unique("test.readings")
     ensure_topics(kafka_settings, [topic, topic + DLQ_SUFFIX])
     producer = make_producer(kafka_settings)
-    messages = [b'{"sensor":"a","value":1}', b"{not json", b'{"sensor":"b"}', b'{"sensor":"c","value":-3}',
-                b'{"sensor":"d","value":"x"}', b'{"sensor":"e","value":2.5}']
+    messages = [
+        b'{"sensor":"a","value":1}',
+        b"{not json",
+        b'{"sensor":"b"}',
+        b'{"sensor":"c","value":-3}',
+        b'{"sensor":"d","value":"x"}',
+        b'{"sensor":"e","value":2.5}',
+    ]
     for message in messages:
         producer.send(topic, message)
     producer.flush()
     seen: list[str] = []
     consumer = make_consumer(kafka_settings, [topic], unique("group"))
-    stats = run_micro_batches(consumer, producer, {topic: Reading},
-                              lambda batch: seen.extend(e.event.sensor for e in batch), idle_stop_s=3)
+    stats = run_micro_batches(
+        consumer, producer, {topic: Reading}, lambda batch: seen.extend(e.event.sensor for e in batch), idle_stop_s=3
+    )
     consumer.close()
     assert seen == ["a", "e"]
     assert stats.processed == 2 and stats.dead_lettered == 4
@@ -79,15 +87,17 @@ def test_offsets_are_committed_only_after_the_sink_succeeds(kafka_settings):
 
     delivered: list[str] = []
     consumer = make_consumer(kafka_settings, [topic], group)
-    run_micro_batches(consumer, producer, {topic: Reading}, lambda b: delivered.extend(e.event.sensor for e in b),
-                      idle_stop_s=3)
+    run_micro_batches(
+        consumer, producer, {topic: Reading}, lambda b: delivered.extend(e.event.sensor for e in b), idle_stop_s=3
+    )
     consumer.close()
     assert delivered == [f"s{i}" for i in range(5)]  # nothing was lost: the failed batch came again
 
     again: list[str] = []
     consumer = make_consumer(kafka_settings, [topic], group)
-    run_micro_batches(consumer, producer, {topic: Reading}, lambda b: again.extend(e.event.sensor for e in b),
-                      idle_stop_s=3)
+    run_micro_batches(
+        consumer, producer, {topic: Reading}, lambda b: again.extend(e.event.sensor for e in b), idle_stop_s=3
+    )
     consumer.close()
     assert again == []  # and once written, it was committed
 

@@ -124,6 +124,24 @@ def fraud_simulate(
     console.print(fraud_summary(frame).to_string())
 
 
+@fraud_app.command("split")
+def fraud_split(
+    transactions: Annotated[Path, typer.Option(help="Transaction file (.parquet or .csv)")],
+    live_days: Annotated[int, typer.Option(help="Last calendar days that go to the live file")] = 2,
+    history_out: Annotated[Path, typer.Option(help="Where the history goes")] = Path(".mlsd/data/history.parquet"),
+    live_out: Annotated[Path, typer.Option(help="Where the live days go")] = Path(".mlsd/data/live.parquet"),
+) -> None:
+    """Split a file into history (train on it, warm the stream with it) and the last days (replay them live)."""
+    from pipelines.fraud.data import read_transactions, split_history_live
+    from pipelines.platform.dataio import write_table
+
+    s = settings()
+    history, live = split_history_live(read_transactions(transactions, s.fraud_label_delay_days), live_days)
+    write_table(history, history_out)
+    write_table(live, live_out)
+    console.print(f"history: {len(history):,} transactions → {history_out}; live: {len(live):,} → {live_out}")
+
+
 @fraud_app.command("replay")
 def fraud_replay(
     transactions: Annotated[Path, typer.Option(help="Transaction file (.parquet or .csv)")],

@@ -62,6 +62,7 @@ def run_demo(
     duration: float,
     keep_running: bool,
 ) -> dict[str, Any]:
+    from pipelines.fraud.data import split_history_live
     from pipelines.fraud.loadgen import payloads_from_frame
     from pipelines.fraud.simulate import config_for_size, fraud_summary, simulate_transactions
     from pipelines.fraud.stream import replay_transactions
@@ -91,8 +92,7 @@ def run_demo(
             frame = simulate_transactions(
                 config_for_size(n_transactions, seed=settings.seed, label_delay_days=settings.fraud_label_delay_days)
             )
-        cut = frame["timestamp"].max().floor("D") - pd.Timedelta(days=live_days - 1)
-        history, live = frame[frame["timestamp"] < cut], frame[frame["timestamp"] >= cut]
+        history, live = split_history_live(frame, live_days)
         data_dir = settings.data_dir
         write_table(history, data_dir / "history.parquet")
         write_table(live, data_dir / "live.parquet")

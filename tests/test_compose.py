@@ -262,13 +262,18 @@ def test_servers_listen_on_every_interface(services: dict[str, dict[str, Any]]) 
         assert resolve_mlsd(command(services[name])).params["host"] == "0.0.0.0", name
 
 
-def test_the_transaction_file_is_shared_through_a_volume(services: dict[str, dict[str, Any]]) -> None:
-    written = str(resolve_mlsd(command(services["simulator"])).params["out"])
-    for name in ("trainer", "traffic-producer"):
-        assert str(resolve_mlsd(command(services[name])).params["transactions"]) == written, name
-    for name in ("simulator", "trainer", "traffic-producer"):
+def test_the_transaction_files_are_shared_through_a_volume(services: dict[str, dict[str, Any]]) -> None:
+    simulated = str(resolve_mlsd(command(services["simulator"])).params["out"])
+    split = resolve_mlsd(command(services["splitter"])).params
+    assert str(split["transactions"]) == simulated
+    history, live = str(split["history_out"]), str(split["live_out"])
+    assert str(resolve_mlsd(command(services["trainer"])).params["transactions"]) == history
+    assert str(resolve_mlsd(command(services["stream-processor"])).params["history"]) == history
+    assert str(resolve_mlsd(command(services["traffic-producer"])).params["transactions"]) == live
+    for name in ("simulator", "splitter", "trainer", "stream-processor", "traffic-producer"):
         mounts = [volume.split(":")[1] for volume in services[name].get("volumes", [])]
-        assert any(written.startswith(mount.rstrip("/") + "/") for mount in mounts), f"{name} cannot see {written}"
+        for path in (simulated, history, live):
+            assert any(path.startswith(mount.rstrip("/") + "/") for mount in mounts), f"{name} cannot see {path}"
 
 
 def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:

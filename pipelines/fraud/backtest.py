@@ -401,7 +401,7 @@ def run_backtest(transactions: pd.DataFrame, config: BacktestConfig, progress: P
     stage_seconds["folds"] = round(time.perf_counter() - clock, 3)
 
     config_dict = asdict(config)
-    config_dict["train_start"] = start.date().isoformat()
+    config_dict["train_start"] = start.date().isoformat() if start == start.normalize() else start.isoformat()
     config_dict["strategies"] = list(config.strategies)
     return {
         "config": config_dict,

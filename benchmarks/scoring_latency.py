@@ -24,7 +24,7 @@ from pipelines.platform.loadtest import find_max_rate, run_load_test, save_laten
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rates", default="200,400,600,800,1000,1200")
+    parser.add_argument("--rates", default="200,300,400,500,600,700,800,1000")
     parser.add_argument("--step-seconds", type=float, default=15.0)
     parser.add_argument("--sustained-seconds", type=float, default=30.0)
     args = parser.parse_args()

@@ -20,10 +20,20 @@ from pipelines.platform.features import apply_feature_definitions
 from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
 
 
-def process(settings, history, group: str, idle_s: float, offset_reset: str = "earliest"):  # type: ignore[no-untyped-def]
+def joined_consumer(settings, group: str):  # type: ignore[no-untyped-def]
+    """A consumer that has its partitions and sits at the end of them: only new events count."""
+    consumer = make_consumer(settings, list(SCHEMAS), group, auto_offset_reset="latest")
+    while not consumer.assignment():
+        consumer.poll(timeout_ms=200)
+    consumer.seek_to_end()
+    for partition in consumer.assignment():
+        consumer.position(partition)
+    return consumer
+
+
+def process(settings, history, consumer, idle_s: float):  # type: ignore[no-untyped-def]
     store = apply_feature_definitions(settings)
     sink = FraudFeatureSink(settings, store, warm_engine(history, settings.fraud_label_delay_days))
-    consumer = make_consumer(settings, list(SCHEMAS), group, auto_offset_reset=offset_reset)
     producer = make_producer(settings)
     stats = run_micro_batches(
         consumer, producer, SCHEMAS, sink, settings.stream_batch_size, settings.stream_batch_ms, idle_stop_s=idle_s
@@ -44,14 +54,15 @@ def main() -> None:
     cut = frame["timestamp"].min() + pd.Timedelta(days=40)
     history, live = frame[frame["timestamp"] < cut], frame[frame["timestamp"] >= cut]
     throughput_events = live.head(args.transactions)
-    fresh_events = live.iloc[args.transactions :].head(int(args.fresh_rate * args.fresh_seconds))
+    fresh_events = live.iloc[args.transactions :].head(int(args.fresh_rate * (args.fresh_seconds + 5)))
 
     with tempfile.TemporaryDirectory() as tmp, scratch_stack(Path(tmp)) as base:
         settings = base.model_copy(update={"feast_online_store": args.online_store})
         producer = make_producer(settings)
         # 1) throughput: the topic is filled first, then one processor drains it as fast as it can.
         replay_transactions(producer, throughput_events, rate=0)
-        stats, sink = process(settings, history, "bench-throughput", idle_s=3)
+        consumer = make_consumer(settings, list(SCHEMAS), "bench-throughput")
+        stats, sink = process(settings, history, consumer, idle_s=3)
         throughput = {
             "events": stats.processed,
             "transactions": sink.stats.transactions,
@@ -64,20 +75,22 @@ def main() -> None:
 
         # 2) freshness: events produced at a steady rate while the processor runs.
         result: dict = {}
+        consumer = joined_consumer(settings, "bench-freshness")
         worker = threading.Thread(
             target=lambda: result.update(
-                zip(
-                    ("stats", "sink"),
-                    process(settings, None, "bench-freshness", idle_s=3, offset_reset="latest"),
-                    strict=True,
-                )
+                zip(("stats", "sink"), process(settings, None, consumer, idle_s=3), strict=True)
             )
         )
         worker.start()
-        time.sleep(6)  # group join
-        sent = replay_transactions(producer, fresh_events, rate=args.fresh_rate)
+        time.sleep(1)
+        # The first seconds after start-up (group join, first writes) are not steady state: warm up, then measure.
+        warm_up = fresh_events.head(int(args.fresh_rate * 5))
+        replay_transactions(producer, warm_up, rate=args.fresh_rate)
+        time.sleep(2)
+        sent = replay_transactions(producer, fresh_events.iloc[len(warm_up) :], rate=args.fresh_rate)
         worker.join()
-        freshness = percentile_summary(result["sink"].stats.freshness_ms)
+        values = result["sink"].stats.freshness_ms[len(warm_up) :]
+        freshness = percentile_summary(values)
         print(
             f"freshness at {sent['rate']:,.0f} events/s: p50 {freshness['p50']:.0f} ms, p99 {freshness['p99']:.0f} ms"
         )

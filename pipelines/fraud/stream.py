@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from feature_repo.fraud import CUSTOMER_PUSH, CUSTOMER_VIEW, TERMINAL_PUSH, TERMINAL_VIEW
+from feature_repo.fraud import CUSTOMER_VIEW, TERMINAL_VIEW
 from pipelines.fraud.events import LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
 from pipelines.fraud.features import FraudFeatureEngine, backfill_features, feature_frames, latest_per_entity
-from pipelines.platform.features import append_offline, push_online
+from pipelines.platform.features import append_offline, write_online_fast
 from pipelines.platform.stream import Envelope, encode
 from pipelines.settings import Settings
 
@@ -161,8 +161,8 @@ class FraudFeatureSink:
         customers, terminals = feature_frames(frame, customer_rows, terminal_rows)
         newest_customers = latest_per_entity(customers, "customer_id")
         newest_terminals = latest_per_entity(terminals, "terminal_id")
-        push_online(self.store, CUSTOMER_PUSH, newest_customers)
-        push_online(self.store, TERMINAL_PUSH, newest_terminals)
+        write_online_fast(self.store, CUSTOMER_VIEW, "customer_id", newest_customers)
+        write_online_fast(self.store, TERMINAL_VIEW, "terminal_id", newest_terminals)
         readable_ms = time.time() * 1000
         append_offline(self.settings, CUSTOMER_VIEW, customers)
         append_offline(self.settings, TERMINAL_VIEW, terminals)

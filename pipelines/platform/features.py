@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,12 @@ def repo_config(settings: Settings) -> Any:
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast_redis_url}
     else:
         online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
+    # Registry refreshes happen on a background thread, never inside a scoring request.
+    refresh = {"cache_ttl_seconds": 60, "cache_mode": "thread"}
     if settings.feast_registry.startswith(("postgresql", "sqlite", "mysql")):
-        registry: Any = {"registry_type": "sql", "path": settings.feast_registry, "cache_ttl_seconds": 60}
+        registry: Any = {"registry_type": "sql", "path": settings.feast_registry, **refresh}
     else:
-        registry = {"path": settings.feast_registry or str(feast_dir / "registry.db"), "cache_ttl_seconds": 60}
+        registry = {"path": settings.feast_registry or str(feast_dir / "registry.db"), **refresh}
     return RepoConfig(
         project=PROJECT,
         provider="local",
@@ -54,6 +57,7 @@ def apply_feature_definitions(settings: Settings) -> FeatureStore:
     store = open_feature_store(settings)
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
     store.apply(fraud_feature_objects(settings.offline_dir))
+    store.refresh_registry()  # the background-refreshed cache would otherwise lag behind this apply
     return store
 
 
@@ -65,12 +69,41 @@ def to_feast_timestamps(frame: pd.DataFrame, column: str = "event_timestamp") ->
 
 
 def push_online(store: FeatureStore, push_source: str, rows: pd.DataFrame) -> None:
-    """Write the newest row per entity to the online store through its push source."""
+    """Write rows to the online store through Feast's push API (the general path, used by backfills)."""
     from feast.data_source import PushMode
 
     if rows.empty:
         return
     store.push(push_source, to_feast_timestamps(rows), to=PushMode.ONLINE)
+
+
+def write_online_fast(store: FeatureStore, view_name: str, join_key: str, rows: pd.DataFrame) -> None:
+    """Write rows of numeric features straight into the online store through Feast's provider.
+
+    `push` converts a DataFrame to Arrow and then value by value to protobuf, about 85 µs per row here; a stream
+    processor writing thousands of rows a second builds the protobuf values itself (a few µs per row) and hands
+    them to the same `online_write_batch` the push ends in, so every store (SQLite, Redis) behaves as with push.
+    """
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.types import Int64
+
+    if rows.empty:
+        return
+    view = store.get_feature_view(view_name)
+    kinds = [(f.name, "int64_val" if f.dtype == Int64 else "double_val") for f in view.features]
+    columns = [rows[name].tolist() for name, _ in kinds]
+    nanos = pd.to_datetime(rows["event_timestamp"], utc=True).astype("int64").tolist()
+    times = [datetime.fromtimestamp(ns / 1e9, UTC) for ns in nanos]
+    data = []
+    for i, entity in enumerate(rows[join_key].astype(str).tolist()):
+        key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity)])
+        values = {
+            name: Value(int64_val=int(column[i])) if kind == "int64_val" else Value(double_val=float(column[i]))
+            for (name, kind), column in zip(kinds, columns, strict=True)
+        }
+        data.append((key, values, times[i], None))
+    store._get_provider().online_write_batch(store.config, view, data, progress=None)
 
 
 def append_offline(settings: Settings, view_name: str, rows: pd.DataFrame, part_name: str | None = None) -> Path:

@@ -6,6 +6,8 @@ Health: /livez and /readyz (ready once the champion model is loaded); OpenAPI do
 
 from __future__ import annotations
 
+import gc
+
 import bentoml
 
 from pipelines.fraud.events import Decision, TransactionEvent
@@ -25,6 +27,10 @@ with bentoml.importing():
 class FraudService:
     def __init__(self) -> None:
         self.scorer = FraudScorer(Settings())
+        # Everything loaded so far lives as long as the process: keep it out of the garbage collector's full
+        # passes, which otherwise stall a request for a few hundred milliseconds now and then.
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return self.scorer.booster is not None

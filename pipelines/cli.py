@@ -7,6 +7,7 @@ end in one sentence, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -469,6 +470,9 @@ def main() -> None:
             show(message, category, *args, **kwargs)
 
     warnings.showwarning = quiet
+    # MLflow prints run links and export chatter at INFO; the commands print their own summaries.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         app(standalone_mode=True)  # click prints usage errors itself (exit 2)
     except (DataFileError, ServiceUnavailable, PortInUse, FileNotFoundError) as exc:

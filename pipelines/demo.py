@@ -34,6 +34,18 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def wait_for_log(log: Path, text: str, timeout_s: float) -> None:
+    """Wait until a background process has written `text` to its log (it has finished starting)."""
+    from pipelines.platform.stream import ServiceUnavailable
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise ServiceUnavailable(f"A background process did not finish starting within {timeout_s:.0f} s; see {log}.")
+
+
 def read_decisions(settings: Settings, idle_s: float = 3.0) -> pd.DataFrame:
     """Everything on `fraud.decisions`, read from the start with a throw-away consumer."""
     from kafka import KafkaConsumer
@@ -133,6 +145,11 @@ def run_demo(
         with console.status("waiting for the scoring service to load the champion"):
             wait_for_http(f"{service}/readyz", 120, "The fraud scoring service", settings.run_dir / "fraud-service.log")
         console.print(f"[green]scoring service ready[/green] at {service} (OpenAPI docs at {service}/docs)")
+        with console.status("waiting for the stream processor to rebuild its window state from the history"):
+            wait_for_log(settings.run_dir / "fraud-stream.log", "consuming", 180)
+        payloads = payloads_from_frame(live)
+        with console.status("warming up the scoring service"):
+            run_load_test(f"{service}/score", lambda i: payloads[-1 - i % len(payloads)], 50, 4)
 
         producer = make_producer(settings)
         replay_result: dict[str, float] = {}
@@ -140,7 +157,6 @@ def run_demo(
         replay = threading.Thread(
             target=lambda: replay_result.update(replay_transactions(producer, live, replay_rate)), daemon=True
         )
-        payloads = payloads_from_frame(live)
         replay.start()
         with _progress(console) as progress:
             task = progress.add_task(f"live traffic {rps:.0f} req/s", total=int(rps * duration))

@@ -95,7 +95,7 @@ def write_online_fast(store: FeatureStore, view_name: str, join_key: str, rows: 
     columns = [rows[name].tolist() for name, _ in kinds]
     nanos = pd.to_datetime(rows["event_timestamp"], utc=True).astype("int64").tolist()
     times = [datetime.fromtimestamp(ns / 1e9, UTC) for ns in nanos]
-    data = []
+    data: list[tuple[Any, dict[str, Any], datetime, datetime | None]] = []
     for i, entity in enumerate(rows[join_key].astype(str).tolist()):
         key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity)])
         values = {

@@ -419,9 +419,11 @@ def loadtest_fraud(
 @infra_app.command("mlflow-server")
 def infra_mlflow_server(host: Annotated[str, typer.Option(help="Interface")] = "0.0.0.0") -> None:
     """Run the MLflow tracking server in the foreground with the configured backend store and artifacts."""
-    from pipelines.platform.infra import mlflow_server_command
+    from pipelines.platform.infra import MLFLOW_SERVER_ENV, mlflow_server_command
 
     command = mlflow_server_command(settings(), host)
+    for key, value in MLFLOW_SERVER_ENV.items():
+        os.environ.setdefault(key, value)
     os.execvp(command[0], command)
 
 

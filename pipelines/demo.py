@@ -11,7 +11,6 @@ import base64
 import html
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,11 +76,11 @@ def run_demo(
     from pipelines.fraud.data import split_history_live
     from pipelines.fraud.loadgen import payloads_from_frame
     from pipelines.fraud.simulate import config_for_size, fraud_summary, simulate_transactions
-    from pipelines.fraud.stream import replay_transactions
     from pipelines.fraud.train import train_fraud
     from pipelines.platform.dataio import write_table
     from pipelines.platform.infra import (
         require_free_port,
+        running,
         stack_down,
         stack_up,
         start_process,
@@ -89,7 +88,6 @@ def run_demo(
         wait_for_http,
     )
     from pipelines.platform.loadtest import run_load_test, save_latency_histogram
-    from pipelines.platform.stream import make_producer
 
     report_dir = settings.reports_dir / "fraud"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -151,13 +149,22 @@ def run_demo(
         with console.status("warming up the scoring service"):
             run_load_test(f"{service}/score", lambda i: payloads[-1 - i % len(payloads)], 50, 4)
 
-        producer = make_producer(settings)
-        replay_result: dict[str, float] = {}
+        # The live days go to Kafka from their own process, as a payment network would send them.
         replay_rate = max(len(live) / max(duration, 1.0), 200.0)
-        replay = threading.Thread(
-            target=lambda: replay_result.update(replay_transactions(producer, live, replay_rate)), daemon=True
+        start_process(
+            settings,
+            "fraud-replay",
+            [
+                *mlsd,
+                "fraud",
+                "replay",
+                "--transactions",
+                str(data_dir / "live.parquet"),
+                "--rate",
+                f"{replay_rate:.0f}",
+            ],
         )
-        replay.start()
+        processes.append("fraud-replay")
         with _progress(console) as progress:
             task = progress.add_task(f"live traffic {rps:.0f} req/s", total=int(rps * duration))
             load = run_load_test(
@@ -167,8 +174,10 @@ def run_demo(
                 duration,
                 progress=lambda done, _total: progress.update(task, completed=done),
             )
-        replay.join(timeout=duration + 120)
-        producer.close()
+        deadline = time.monotonic() + 120
+        while running(settings, "fraud-replay") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        replay_result = {"events": len(live) + int(live["is_fraud"].sum()), "rate": round(replay_rate)}
         time.sleep(2)  # let the processor drain its last micro-batch before it is stopped
         stop_process(settings, "fraud-stream", timeout_s=20)
         processes.remove("fraud-stream")

@@ -167,9 +167,14 @@ def start_mlflow(settings: Settings) -> ManagedProcess:
     require_free_port(settings.mlflow_port, "the MLflow server", "MLSD_MLFLOW_PORT")
     Path(settings.artifacts_destination).mkdir(parents=True, exist_ok=True)
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    process = start_process(settings, "mlflow", mlflow_server_command(settings, host="127.0.0.1"))
+    process = start_process(settings, "mlflow", mlflow_server_command(settings, host="127.0.0.1"), MLFLOW_SERVER_ENV)
     wait_for_http(f"http://127.0.0.1:{settings.mlflow_port}/health", 90, "The MLflow server", process.log)
     return process
+
+
+# MLflow 3 starts a job runner and a pool of task consumers for its GenAI features; they burn about a core for
+# the first 40 s after start-up and mlsd does not use them.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def mlflow_server_command(settings: Settings, host: str) -> list[str]:

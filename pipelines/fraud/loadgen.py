@@ -11,7 +11,9 @@ from pipelines.settings import Settings
 
 
 def transaction_payloads(settings: Settings, path: Path | None, limit: int = 50_000) -> list[dict[str, Any]]:
-    """JSON bodies for POST /score, in time order."""
+    """JSON bodies for POST /score, in time order: from `path`, else the demo's live days, else simulated."""
+    if path is None and (settings.data_dir / "live.parquet").exists():
+        path = settings.data_dir / "live.parquet"  # customers and terminals the online store knows
     if path is not None:
         from pipelines.fraud.data import read_transactions
 

@@ -201,8 +201,9 @@ STACK = ("kafka", "mlflow")
 
 def all_topics() -> list[str]:
     from pipelines.fraud.events import TOPICS as FRAUD_TOPICS
+    from pipelines.recsys.events import TOPICS as RECSYS_TOPICS
 
-    return [*FRAUD_TOPICS]
+    return [*FRAUD_TOPICS, *RECSYS_TOPICS]
 
 
 def stack_up(settings: Settings) -> list[ManagedProcess]:

@@ -147,7 +147,9 @@ class FraudFeatureEngine:
 
 
 def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
-    return pd.to_datetime(timestamps, utc=True).astype("int64").to_numpy() / 1e9
+    """Epoch seconds at microsecond precision, as events carry them through Kafka (JSON → datetime)."""
+    micros = pd.to_datetime(timestamps, utc=True).dt.floor("us").astype("int64").to_numpy() // 1000
+    return micros / 1e6
 
 
 def feature_frames(
@@ -185,11 +187,6 @@ def backfill_features(
         ordered["amount"].astype(float).tolist(),
     )
     return feature_frames(ordered, customer_rows, terminal_rows)
-
-
-def latest_per_entity(rows: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The newest row per entity: what the online store holds after these rows."""
-    return rows.sort_values("event_timestamp", kind="stable").drop_duplicates(key, keep="last")
 
 
 def request_features(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

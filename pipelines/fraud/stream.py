@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from feature_repo.fraud import CUSTOMER_VIEW, TERMINAL_VIEW
 from pipelines.fraud.events import LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
-from pipelines.fraud.features import FraudFeatureEngine, backfill_features, feature_frames, latest_per_entity
-from pipelines.platform.features import append_offline, write_online_fast
+from pipelines.fraud.features import FraudFeatureEngine, backfill_features, feature_frames
+from pipelines.platform.features import write_feature_rows
 from pipelines.platform.stream import Envelope, encode
 from pipelines.settings import Settings
 
@@ -159,16 +159,15 @@ class FraudFeatureSink:
             frame["amount"].tolist(),
         )
         customers, terminals = feature_frames(frame, customer_rows, terminal_rows)
-        newest_customers = latest_per_entity(customers, "customer_id")
-        newest_terminals = latest_per_entity(terminals, "terminal_id")
-        write_online_fast(self.store, CUSTOMER_VIEW, "customer_id", newest_customers)
-        write_online_fast(self.store, TERMINAL_VIEW, "terminal_id", newest_terminals)
+        online, offline = write_feature_rows(
+            self.settings,
+            self.store,
+            [(CUSTOMER_VIEW, "customer_id", customers), (TERMINAL_VIEW, "terminal_id", terminals)],
+        )
         readable_ms = time.time() * 1000
-        append_offline(self.settings, CUSTOMER_VIEW, customers)
-        append_offline(self.settings, TERMINAL_VIEW, terminals)
         self.stats.transactions += len(transactions)
-        self.stats.online_rows += len(newest_customers) + len(newest_terminals)
-        self.stats.offline_rows += len(customers) + len(terminals)
+        self.stats.online_rows += online
+        self.stats.offline_rows += offline
         self.stats.freshness_ms.extend(readable_ms - np.asarray(produced_ms, dtype=float))
 
 

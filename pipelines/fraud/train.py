@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.fraud import CUSTOMER_PUSH, CUSTOMER_VIEW, FEATURE_SERVICE, TERMINAL_PUSH, TERMINAL_VIEW
-from pipelines.fraud.features import MODEL_FEATURES, backfill_features, latest_per_entity, model_matrix
+from pipelines.fraud.features import MODEL_FEATURES, backfill_features, model_matrix
 from pipelines.platform import training
 from pipelines.platform.features import (
     append_offline,
     apply_feature_definitions,
     historical_features,
+    latest_per_entity,
     push_online,
     reset_offline,
     to_feast_timestamps,

@@ -122,6 +122,30 @@ def write_online_fast(store: FeatureStore, view_name: str, join_key: str, rows: 
     store._get_provider().online_write_batch(store.config, view, data, progress=None)
 
 
+def latest_per_entity(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The newest row per entity: what the online store holds after these rows."""
+    return rows.sort_values("event_timestamp", kind="stable").drop_duplicates(key, keep="last")
+
+
+def write_feature_rows(
+    settings: Settings, store: FeatureStore, views: list[tuple[str, str, pd.DataFrame]]
+) -> tuple[int, int]:
+    """A stream sink's write: the newest row per entity online, then every row offline, for each (view, key, rows).
+
+    Returns (online rows, offline rows). Online first, so a row is servable as early as possible; both writes are
+    idempotent (overwrite by entity; offline duplicates of a replayed batch share their timestamps).
+    """
+    online = offline = 0
+    newest = [(view, key, latest_per_entity(rows, key)) for view, key, rows in views]
+    for view, key, rows in newest:
+        write_online_fast(store, view, key, rows)
+        online += len(rows)
+    for view, _key, rows in views:
+        append_offline(settings, view, rows)
+        offline += len(rows)
+    return online, offline
+
+
 def append_offline(settings: Settings, view_name: str, rows: pd.DataFrame, part_name: str | None = None) -> Path:
     """Append rows to a feature view's offline Parquet folder as one new part file (atomic rename)."""
     folder = settings.offline_dir / view_name

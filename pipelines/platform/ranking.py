@@ -116,7 +116,7 @@ def _rows(recommended: Recommendations, users: pd.Index, depth: int) -> _Rows:
         return _rows_from_frame(recommended, users, depth)
     keys = list(recommended.keys())
     codes = users.get_indexer(pd.Index(keys, dtype=object)) if keys else np.empty(0, dtype=np.intp)
-    lists = [list(recommended[key])[:depth] for key, code in zip(keys, codes, strict=True) if code >= 0]
+    lists = [recommended[key][:depth] for key, code in zip(keys, codes, strict=True) if code >= 0]
     lengths = np.fromiter((len(items) for items in lists), dtype=np.int64, count=len(lists))
     total = int(lengths.sum())
     items = np.empty(total, dtype=object)
@@ -131,21 +131,28 @@ def _rows_from_frame(frame: pd.DataFrame, users: pd.Index, depth: int) -> _Rows:
     missing = {"user_id", "item_id"} - set(frame.columns)
     if missing:
         raise ValueError(f"the recommendations frame lacks the column(s) {', '.join(sorted(missing))}.")
-    codes = users.get_indexer(frame["user_id"])
-    keep = codes >= 0
-    codes = codes[keep]
-    if "rank" in frame.columns:
-        order = np.lexsort((frame["rank"].to_numpy()[keep], codes))
+    group, labels = pd.factorize(frame["user_id"])
+    group = group.astype(np.int64)
+    rank = frame["rank"].to_numpy() if "rank" in frame.columns else None
+    same_user = group[1:] == group[:-1]
+    in_order = bool(np.all(group[1:] >= group[:-1]))  # each user's rows contiguous, as a ranker writes them
+    if in_order and rank is not None:
+        in_order = bool(np.all(rank[1:][same_user] >= rank[:-1][same_user]))
+    if in_order:
+        order = np.arange(len(group))
+    elif rank is not None:
+        order = np.lexsort((rank, group))
     else:
-        order = np.argsort(codes, kind="stable")
-    codes = codes[order]
-    items = frame["item_id"].to_numpy(dtype=object)[keep][order]
-    new_group = np.ones(len(codes), dtype=bool)
-    new_group[1:] = codes[1:] != codes[:-1]
+        order = np.argsort(group, kind="stable")
+    group = group[order]
+    new_group = np.ones(len(group), dtype=bool)
+    new_group[1:] = group[1:] != group[:-1]
     group_start = np.flatnonzero(new_group)
-    position = np.arange(len(codes)) - np.repeat(group_start, np.diff(np.append(group_start, len(codes))))
-    top = position < depth
-    return _Rows(user=codes[top].astype(np.int64), position=position[top], item=items[top])
+    position = np.arange(len(group)) - np.repeat(group_start, np.diff(np.append(group_start, len(group))))
+    user = users.get_indexer(pd.Index(labels, dtype=object))[group] if len(group) else group
+    keep = (position < depth) & (user >= 0)
+    items = frame["item_id"].to_numpy(dtype=object)[order]
+    return _Rows(user=user[keep].astype(np.int64), position=position[keep], item=items[keep])
 
 
 def _evaluated_users(relevant: Mapping[str, Set[str]]) -> tuple[pd.Index, np.ndarray, np.ndarray]:
@@ -162,62 +169,75 @@ def _evaluated_users(relevant: Mapping[str, Set[str]]) -> tuple[pd.Index, np.nda
     return users, sizes, pair_items
 
 
-def _first_hits(rows: _Rows, sizes: np.ndarray, pair_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: is it a first occurrence, is it a relevant first occurrence; and the item codes."""
-    codes, _ = pd.factorize(np.concatenate([rows.item, pair_items]))
+@dataclass(frozen=True)
+class _Coded:
+    hit: np.ndarray  # the row holds a relevant item for the first time in its list
+    item: np.ndarray  # item code per row
+    key: np.ndarray  # (user, item) code per row
+    labels: np.ndarray  # item label per item code
+
+
+def _code(rows: _Rows, sizes: np.ndarray, pair_items: np.ndarray) -> _Coded:
+    codes, labels = pd.factorize(np.concatenate([rows.item, pair_items]))
     item_codes = codes[: len(rows.item)].astype(np.int64)
-    width = int(codes.max()) + 1 if len(codes) else 1
+    width = max(len(labels), 1)
     row_keys = rows.user * width + item_codes
     pair_users = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     pair_keys = pair_users * width + codes[len(rows.item) :].astype(np.int64)
-    first = ~pd.Series(row_keys).duplicated().to_numpy()
-    hit = first & pd.Series(row_keys).isin(pair_keys).to_numpy()
-    return first, hit, item_codes
+    hit = pd.Series(row_keys).isin(pair_keys).to_numpy()
+    candidates = np.flatnonzero(hit)  # repeats only matter where they would score, so check just those rows
+    hit[candidates[pd.Series(row_keys[candidates]).duplicated().to_numpy()]] = False
+    return _Coded(hit=hit, item=item_codes, key=row_keys, labels=np.asarray(labels, dtype=object))
 
 
 def _user_sum(user: np.ndarray, values: np.ndarray, users: int) -> np.ndarray:
     return np.bincount(user, weights=values, minlength=users)
 
 
+def _distinct_rows(rows: _Rows, coded: _Coded) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item code) of each list's distinct items: a repeated item is one item for diversity."""
+    first = ~pd.Series(coded.key).duplicated().to_numpy()
+    return rows.user[first], coded.item[first]
+
+
 def _category_diversity(
-    rows: _Rows, first: np.ndarray, item_codes: np.ndarray, item_category: Mapping[str, str] | pd.Series, users: int
+    rows: _Rows, coded: _Coded, item_category: Mapping[str, str] | pd.Series, users: int
 ) -> float:
     """1 − share of same-category pairs in each list: a list from one category scores 0, all different 1."""
-    unique_items = pd.Series(rows.item).drop_duplicates()
     lookup = item_category if isinstance(item_category, pd.Series) else pd.Series(dict(item_category), dtype=object)
-    per_unique, _ = pd.factorize(unique_items.map(lookup))
-    category = np.full(int(item_codes.max()) + 1 if len(item_codes) else 0, -1, dtype=np.int64)
-    category[item_codes[unique_items.index.to_numpy()]] = per_unique
-    row_category = category[item_codes] if len(item_codes) else item_codes
-    usable = first & (row_category >= 0)
-    user, row_category = rows.user[usable], row_category[usable]
-    width = int(row_category.max()) + 1 if len(row_category) else 1
-    groups, counts = np.unique(user * width + row_category, return_counts=True)
-    same = _user_sum(groups // width, counts * (counts - 1) / 2, users)
+    category_of_item, _ = pd.factorize(pd.Series(coded.labels).map(lookup))
+    user, item = _distinct_rows(rows, coded)
+    category = category_of_item[item]
+    usable = category >= 0
+    user, category = user[usable], category.astype(np.int64)[usable]
+    width = int(category.max()) + 1 if len(category) else 1
+    counts = pd.Series(user * width + category).value_counts()
+    group_counts = counts.to_numpy(dtype=float)
+    same = _user_sum(counts.index.to_numpy() // width, group_counts * (group_counts - 1) / 2, users)
     listed = np.bincount(user, minlength=users)
     pairs = listed * (listed - 1) / 2
     has_pairs = listed >= 2
     return float(np.mean(1 - same[has_pairs] / pairs[has_pairs])) if has_pairs.any() else float("nan")
 
 
-def _vector_diversity(rows: _Rows, first: np.ndarray, item_vectors: ItemVectors, users: int) -> float:
+def _vector_diversity(rows: _Rows, coded: _Coded, item_vectors: ItemVectors, users: int) -> float:
     """1 − mean pairwise cosine similarity, from the norm of each list's sum of unit vectors (no pair loop)."""
     from scipy.sparse import csr_matrix
 
-    labels, inverse = np.unique(rows.item[first].astype(str), return_inverse=True)
-    known = np.array([label in item_vectors for label in labels], dtype=bool)
-    if not known.any():
+    user, item = _distinct_rows(rows, coded)
+    used = np.flatnonzero(np.bincount(item, minlength=len(coded.labels)))
+    known = [code for code in used if coded.labels[code] in item_vectors]
+    if not known:
         return float("nan")
-    dimension = len(np.asarray(item_vectors[str(labels[known][0])]))
-    matrix = np.zeros((len(labels), dimension))
-    for index in np.flatnonzero(known):
-        matrix[index] = np.asarray(item_vectors[str(labels[index])], dtype=float)
+    matrix = np.zeros((len(coded.labels), len(np.asarray(item_vectors[coded.labels[known[0]]]))))
+    for code in known:
+        matrix[code] = np.asarray(item_vectors[coded.labels[code]], dtype=float)
     norms = np.linalg.norm(matrix, axis=1)
-    known &= norms > 0
-    matrix[known] /= norms[known, None]
-    usable = known[inverse]
-    user, item = rows.user[first][usable], inverse[usable]
-    membership = csr_matrix((np.ones(len(user)), (user, item)), shape=(users, len(labels)))
+    has_vector = norms > 0
+    matrix[has_vector] /= norms[has_vector, None]
+    usable = has_vector[item]
+    user, item = user[usable], item[usable]
+    membership = csr_matrix((np.ones(len(user)), (user, item)), shape=(users, len(coded.labels)))
     sums = np.asarray(membership @ matrix)
     listed = np.bincount(user, minlength=users)
     has_pairs = listed >= 2
@@ -249,9 +269,9 @@ def evaluate_rankings(
         raise ValueError("pass item_category or item_vectors for diversity, not both.")
     users, sizes, pair_items = _evaluated_users(relevant)
     rows = _rows(recommended, users, k)
-    first, hit, item_codes = _first_hits(rows, sizes, pair_items)
+    coded = _code(rows, sizes, pair_items)
     n_users = len(users)
-    gain = hit.astype(float)
+    gain = coded.hit.astype(float)
     hits = _user_sum(rows.user, gain, n_users)
     dcg = _user_sum(rows.user, gain / np.log2(rows.position + 2), n_users)
     ideal = np.concatenate([[0.0], np.cumsum(1 / np.log2(np.arange(k) + 2))])[np.minimum(sizes, k)]
@@ -260,9 +280,9 @@ def evaluate_rankings(
     hits_so_far = cumulative - (cumulative[start] - gain[start]) if len(gain) else cumulative
     precision_sum = _user_sum(rows.user, gain * hits_so_far / (rows.position + 1), n_users)
     if item_vectors is not None:
-        diversity = _vector_diversity(rows, first, item_vectors, n_users)
+        diversity = _vector_diversity(rows, coded, item_vectors, n_users)
     elif item_category is not None:
-        diversity = _category_diversity(rows, first, item_codes, item_category, n_users)
+        diversity = _category_diversity(rows, coded, item_category, n_users)
     else:
         diversity = float("nan")
     return RankingReport(
@@ -272,7 +292,7 @@ def evaluate_rankings(
         recall=float(np.mean(hits / sizes)),
         ndcg=float(np.mean(dcg / ideal)),
         map=float(np.mean(precision_sum / np.minimum(sizes, k))),
-        coverage=len(np.unique(item_codes)) / catalogue_size,
+        coverage=int(np.count_nonzero(np.bincount(coded.item))) / catalogue_size,
         diversity=diversity,
         hit_rate=float(np.mean(hits > 0)),
     )
@@ -283,8 +303,7 @@ def recall_at(candidates: Recommendations, relevant: Mapping[str, Set[str]], n: 
     _check_k(n, "n")
     users, sizes, pair_items = _evaluated_users(relevant)
     rows = _rows(candidates, users, n)
-    _, hit, _ = _first_hits(rows, sizes, pair_items)
-    hits = _user_sum(rows.user, hit.astype(float), len(users))
+    hits = _user_sum(rows.user, _code(rows, sizes, pair_items).hit.astype(float), len(users))
     return CandidateRecall(
         n=int(n), users=len(users), micro=float(hits.sum() / sizes.sum()), macro=float(np.mean(hits / sizes))
     )

@@ -131,7 +131,9 @@ class RecsysFeatureEngine:
 
 
 def epoch_seconds(timestamps: pd.Series) -> list[float]:
-    return (pd.to_datetime(timestamps, utc=True).astype("int64") / 1e9).tolist()
+    """Epoch seconds at microsecond precision, as events carry them through Kafka (JSON → datetime)."""
+    micros = pd.to_datetime(timestamps, utc=True).dt.floor("us").astype("int64") // 1000
+    return (micros / 1e6).tolist()
 
 
 def feature_frames(

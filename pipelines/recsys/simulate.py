@@ -9,7 +9,7 @@ the hour). A session sticks to one category, sometimes two, drawn from the user'
 session picks a category of the session, draws a small candidate pool from the items of that category that
 exist at that moment (weighted by popularity, which gives the long tail), and chooses one item from the pool
 by a softmax over the user's affinity to it plus a freshness bonus for recently added items. A share of
-events follows popularity only (browsing the front page).
+events follows popularity only (browsing the front page): a popular category, and the pool's best-sellers.
 
 Cold start, both sides: `new_user_share` of the users arrive during the period and start with
 popularity-driven sessions, their own taste taking over within a few sessions; `new_item_share` of the items
@@ -71,7 +71,7 @@ class InteractionConfig:
     sessions_per_user_day: float = 0.3
     items_per_session: float = 4.0  # mean events per session (at least one)
     second_category_share: float = 0.3  # sessions that mix in a second category
-    explore_share: float = 0.1  # events that follow popularity only
+    explore_share: float = 0.05  # events that follow popularity only
     candidates: int = 20  # candidate pool per event
 
     # Cold start and freshness
@@ -386,8 +386,8 @@ def _events(config: InteractionConfig, sessions: _Sessions, rng: np.random.Gener
     length = 1 + rng.poisson(config.items_per_session - 1, size=n_sessions)
     session = np.repeat(np.arange(n_sessions), length)
     gaps = rng.exponential(_SESSION_GAP_SECONDS, size=len(session)).astype("int64") + 1
-    first = np.concatenate([[0], np.cumsum(length)[:-1]])
-    gaps[first[length > 0]] = 0
+    first = np.cumsum(length) - length
+    gaps[first] = 0
     elapsed = np.cumsum(gaps)
     offset = elapsed - np.repeat(elapsed[first], length)
     seconds = np.minimum(sessions.start[session] + offset, config.days * SECONDS_PER_DAY - 1)
@@ -430,6 +430,7 @@ def _choose_items(
     chosen = np.empty(n, dtype="int64")
     affinity = np.empty(n, dtype="float64")
     strength = config.preference_strength
+    log_popularity = np.log(world.popularity)
     for begin in range(0, n, _BLOCK):
         block = slice(begin, min(begin + _BLOCK, n))
         size = block.stop - block.start
@@ -439,8 +440,12 @@ def _choose_items(
         candidates = order[position]
         aff = np.einsum("nkd,nd->nk", world.item_vec[candidates], world.user_vec[user[block]])
         age_days = (event_time[block, None] - world.created[candidates]) / SECONDS_PER_DAY
-        score = strength * taste_weight[block, None] * aff + config.recency_boost * np.exp(
-            -age_days / config.fresh_days
+        # Without taste to go on (exploring, or a new user) the best-sellers in the pool win more often.
+        cold = 1.0 - taste_weight[block, None]
+        score = (
+            strength * taste_weight[block, None] * aff
+            + cold * log_popularity[candidates]
+            + config.recency_boost * np.exp(-age_days / config.fresh_days)
         )
         pick = np.argmax(score + rng.gumbel(size=score.shape), axis=1)
         rows = np.arange(size)

@@ -11,9 +11,9 @@ from kafka import KafkaConsumer
 
 from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, FEATURE_SERVICE, TERMINAL_FEATURES, TERMINAL_VIEW
 from pipelines.fraud.events import TRANSACTIONS_TOPIC
-from pipelines.fraud.features import backfill_features, latest_per_entity
+from pipelines.fraud.features import backfill_features
 from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_events, replay_transactions, warm_engine
-from pipelines.platform.features import apply_feature_definitions, read_offline, read_online
+from pipelines.platform.features import apply_feature_definitions, latest_per_entity, read_offline, read_online
 from pipelines.platform.stream import DLQ_SUFFIX, make_consumer, make_producer, run_micro_batches
 from tests.conftest import unique
 

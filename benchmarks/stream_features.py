@@ -15,9 +15,9 @@ import pandas as pd
 
 from benchmarks.common import save, scratch_stack
 from pipelines.fraud.simulate import config_for_size, simulate_transactions
-from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, percentile_summary, replay_transactions, warm_engine
+from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_transactions, warm_engine
 from pipelines.platform.features import apply_feature_definitions
-from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
+from pipelines.platform.stream import make_consumer, make_producer, percentile_summary, run_micro_batches
 
 
 def joined_consumer(settings, group: str):  # type: ignore[no-untyped-def]

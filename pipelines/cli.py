@@ -28,8 +28,13 @@ fraud_app = typer.Typer(
     help="Fraud detection design: simulate, replay, stream, train, backtest, serve.", no_args_is_help=True
 )
 loadtest_app = typer.Typer(help="Open-loop load tests against a running service.", no_args_is_help=True)
+recsys_app = typer.Typer(
+    help="Recommendation design: simulate interactions, replay them to Kafka, stream user/item features.",
+    no_args_is_help=True,
+)
 infra_app = typer.Typer(help="Single infrastructure roles, for docker-compose and debugging.", no_args_is_help=True)
 app.add_typer(fraud_app, name="fraud")
+app.add_typer(recsys_app, name="recsys")
 app.add_typer(loadtest_app, name="loadtest")
 app.add_typer(infra_app, name="infra")
 
@@ -185,9 +190,15 @@ def fraud_stream(
     """Consume transactions and chargebacks, compute features, push to Feast online + offline, commit after."""
     from pipelines.fraud.data import read_transactions
     from pipelines.fraud.events import TOPICS
-    from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, percentile_summary, warm_engine
+    from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, warm_engine
     from pipelines.platform.features import apply_feature_definitions
-    from pipelines.platform.stream import ensure_topics, make_consumer, make_producer, run_micro_batches
+    from pipelines.platform.stream import (
+        ensure_topics,
+        make_consumer,
+        make_producer,
+        percentile_summary,
+        run_micro_batches,
+    )
 
     s = settings()
     past = read_transactions(history, s.fraud_label_delay_days) if history else None
@@ -371,6 +382,109 @@ def service_command(target: str, host: str, port: int, workers: int) -> list[str
         "--api-workers",
         str(workers),
     ]
+
+
+# ---------------------------------------------------------------- recsys
+
+
+@recsys_app.command("simulate")
+def recsys_simulate(
+    out: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")] = Path(
+        ".mlsd/data/interactions.parquet"
+    ),
+    items_out: Annotated[Path, typer.Option(help="Items file (.parquet or .csv)")] = Path(".mlsd/data/items.parquet"),
+    interactions: Annotated[int, typer.Option(help="Approximate number of interactions")] = 300_000,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default MLSD_SEED)")] = None,
+) -> None:
+    """Simulate users, items with categories, long-tailed popularity, sessions and cold start; write both files."""
+    from pipelines.platform.dataio import write_table
+    from pipelines.recsys.simulate import config_for_size, simulate_interactions
+
+    s = settings()
+    frame, items = simulate_interactions(config_for_size(interactions, seed=seed if seed is not None else s.seed))
+    write_table(frame, out)
+    write_table(items, items_out)
+    console.print(
+        f"wrote {len(frame):,} interactions by {frame['user_id'].nunique():,} users on "
+        f"{frame['item_id'].nunique():,} items to {out}, and {len(items):,} items to {items_out}"
+    )
+
+
+@recsys_app.command("replay")
+def recsys_replay(
+    interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],
+    items: Annotated[Path | None, typer.Option(help="Items file; new items are announced on recsys.items")] = None,
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible)")] = 1000.0,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N interactions")] = None,
+) -> None:
+    """Send interactions to `recsys.interactions` (and item creations to `recsys.items`) at a given rate."""
+    from pipelines.platform.stream import ensure_topics, make_producer
+    from pipelines.recsys.data import read_interactions, read_items
+    from pipelines.recsys.events import TOPICS
+    from pipelines.recsys.stream import replay_interactions
+
+    s = settings()
+    frame = read_interactions(interactions)
+    catalogue = read_items(items) if items else None
+    if limit:
+        frame = frame.head(limit)
+    ensure_topics(s, TOPICS)
+    producer = make_producer(s)
+    result = replay_interactions(producer, frame, catalogue, rate)
+    producer.close()
+    console.print(f"sent {result['events']:,} events in {result['seconds']:.1f} s ({result['rate']:,.0f}/s)")
+
+
+@recsys_app.command("stream")
+def recsys_stream(
+    items: Annotated[Path | None, typer.Option(help="Items file (categories and creation times)")] = None,
+    history: Annotated[Path | None, typer.Option(help="Interactions already processed (warms the state)")] = None,
+    group: Annotated[str, typer.Option(help="Consumer group id")] = "recsys-features",
+    idle_stop: Annotated[float | None, typer.Option(help="Stop after this many seconds without events")] = None,
+    json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
+) -> None:
+    """Consume interactions and items, update user/item features in Feast online + offline, commit after."""
+    from pipelines.platform.features import apply_feature_definitions
+    from pipelines.platform.stream import (
+        ensure_topics,
+        make_consumer,
+        make_producer,
+        percentile_summary,
+        run_micro_batches,
+    )
+    from pipelines.recsys.data import read_interactions, read_items
+    from pipelines.recsys.events import TOPICS
+    from pipelines.recsys.features import backfill_features, engine_for_catalogue
+    from pipelines.recsys.stream import SCHEMAS, RecsysFeatureSink
+
+    s = settings()
+    engine = engine_for_catalogue(read_items(items) if items else None)
+    if history:
+        backfill_features(read_interactions(history), engine=engine)
+    store = apply_feature_definitions(s)
+    ensure_topics(s, TOPICS)
+    sink = RecsysFeatureSink(s, store, engine)
+    consumer = make_consumer(s, list(SCHEMAS), group)
+    producer = make_producer(s)
+    console.print(f"recsys feature processor consuming {', '.join(SCHEMAS)} (group {group}); Ctrl-C stops it")
+    stats = run_micro_batches(
+        consumer, producer, SCHEMAS, sink, s.stream_batch_size, s.stream_batch_ms, idle_stop_s=idle_stop
+    )
+    consumer.close()
+    producer.close()
+    result = {
+        "interactions": sink.stats.interactions,
+        "items": sink.stats.items,
+        "dead_lettered": stats.dead_lettered,
+        "dead_letter_reasons": stats.dead_letter_reasons,
+        "seconds": round(stats.seconds, 3),
+        "events_per_s": round(stats.rate, 1),
+        "freshness_ms": percentile_summary(sink.stats.freshness_ms),
+    }
+    console.print_json(json.dumps(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
 
 
 # ---------------------------------------------------------------- load tests

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -177,16 +177,3 @@ def warm_engine(history: pd.DataFrame | None, label_delay_days: float) -> FraudF
     if history is not None and not history.empty:
         backfill_features(history, label_delay_days, engine=engine)
     return engine
-
-
-def percentile_summary(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"count": 0}
-    array = np.asarray(values)
-    return {
-        "count": int(array.size),
-        "p50": float(np.percentile(array, 50)),
-        "p95": float(np.percentile(array, 95)),
-        "p99": float(np.percentile(array, 99)),
-        "max": float(array.max()),
-    }

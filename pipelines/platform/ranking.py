@@ -200,9 +200,7 @@ def _distinct_rows(rows: _Rows, coded: _Coded) -> tuple[np.ndarray, np.ndarray]:
     return rows.user[first], coded.item[first]
 
 
-def _category_diversity(
-    rows: _Rows, coded: _Coded, item_category: Mapping[str, str] | pd.Series, users: int
-) -> float:
+def _category_diversity(rows: _Rows, coded: _Coded, item_category: Mapping[str, str] | pd.Series, users: int) -> float:
     """1 − share of same-category pairs in each list: a list from one category scores 0, all different 1."""
     lookup = item_category if isinstance(item_category, pd.Series) else pd.Series(dict(item_category), dtype=object)
     category_of_item, _ = pd.factorize(pd.Series(coded.labels).map(lookup))

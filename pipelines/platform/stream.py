@@ -245,3 +245,18 @@ def run_micro_batches(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return stats
+
+
+def percentile_summary(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0}
+    import numpy as np
+
+    array = np.asarray(values)
+    return {
+        "count": int(array.size),
+        "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)),
+        "p99": float(np.percentile(array, 99)),
+        "max": float(array.max()),
+    }

@@ -36,7 +36,7 @@ def replay_records(interactions: pd.DataFrame, items: pd.DataFrame | None) -> li
     events = []
     if items is not None and not items.empty and "created_at" in items:
         for row in items.itertuples(index=False):
-            at = pd.Timestamp(row.created_at)
+            at = pd.Timestamp(str(row.created_at))
             payload = {
                 "item_id": str(row.item_id),
                 "category": str(getattr(row, "category", "unknown")),
@@ -57,14 +57,14 @@ def replay_records(interactions: pd.DataFrame, items: pd.DataFrame | None) -> li
         types,
         strict=True,
     ):
-        payload = {
+        body: dict[str, object] = {
             "user_id": str(user),
             "item_id": str(item),
             "timestamp": at.isoformat(),
             "event_type": str(kind),
             "weight": float(weight),
         }
-        events.append((at.value, 1, INTERACTIONS_TOPIC, str(user).encode(), encode(payload)))
+        events.append((at.value, 1, INTERACTIONS_TOPIC, str(user).encode(), encode(body)))
     events.sort(key=lambda e: (e[0], e[1]))
     return [(topic, key, value) for _, _, topic, key, value in events]
 

@@ -184,6 +184,7 @@ def _fit_factors(matrix: sp.csr_matrix, config: CandidateConfig) -> tuple[np.nda
     confidence = matrix.copy()
     confidence.data = np.log1p(confidence.data).astype(np.float32)
     model: Any
+    limits = threadpool_limits(1, "blas")  # implicit checks the BLAS threads when the model is built
     if config.algorithm == "bpr":
         model = BayesianPersonalizedRanking(
             factors=config.factors,
@@ -201,8 +202,10 @@ def _fit_factors(matrix: sp.csr_matrix, config: CandidateConfig) -> tuple[np.nda
             num_threads=config.num_threads,
             random_state=config.seed,
         )
-    with threadpool_limits(1, "blas"):
+    try:
         model.fit(confidence.astype(np.float32).tocsr(), show_progress=False)
+    finally:
+        limits.restore_original_limits()
     return np.ascontiguousarray(model.user_factors, np.float32), np.ascontiguousarray(model.item_factors, np.float32)
 
 

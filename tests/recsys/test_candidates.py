@@ -1,0 +1,162 @@
+"""Candidate retrieval: collaborative recall above popularity, a faithful ANN index, cold start, merging, saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.platform.ranking import recall_at
+from pipelines.recsys.candidates import (
+    GENERATORS,
+    CandidateConfig,
+    CandidateModel,
+    ann_recall,
+    candidate_recall,
+)
+from pipelines.recsys.simulate import config_for_size, simulate_interactions
+from pipelines.recsys.splits import split_interactions, test_relevance
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    interactions, items = simulate_interactions(config_for_size(40_000, seed=5))
+    train, test = split_interactions(interactions, "temporal", 0.2, seed=0)
+    return train, test, items
+
+
+@pytest.fixture(scope="module")
+def model(data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> CandidateModel:
+    train, _, items = data
+    return CandidateModel.fit(train, items, CandidateConfig(seed=3))
+
+
+@pytest.fixture(scope="module")
+def relevant(data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> dict[str, set[str]]:
+    train, test, _ = data
+    return test_relevance(train, test)
+
+
+def test_collaborative_generator_beats_popularity(model: CandidateModel, relevant: dict[str, set[str]]) -> None:
+    users = list(relevant)
+    als = recall_at(model.candidate_lists(users, 50, generator="als"), relevant, 50).macro
+    popular = recall_at(model.candidate_lists(users, 50, generator="popular"), relevant, 50).macro
+    assert als > popular
+
+
+def test_merged_candidates_recall_more_than_any_generator_alone(
+    model: CandidateModel, relevant: dict[str, set[str]]
+) -> None:
+    table = candidate_recall(model, relevant, ns=(50,))
+    assert list(table["generator"]) == [*GENERATORS, "merged"]
+    recall = table.set_index("generator")["recall"]
+    assert recall["merged"] > recall[list(GENERATORS)].max()
+    assert table["users"].nunique() == 1 and table["users"].iloc[0] == len(relevant)
+
+
+def test_ann_index_finds_most_of_the_exact_top_items(model: CandidateModel, relevant: dict[str, set[str]]) -> None:
+    users = [user for user in relevant if user in model.catalogue.user_index][:300]
+    assert len(users) > 100
+    assert ann_recall(model, users, 100) >= 0.9
+
+
+def test_unknown_users_get_popular_candidates(model: CandidateModel) -> None:
+    found = model.generate_candidates(["nobody", "U999999999"], 20)
+    for user in ("nobody", "U999999999"):
+        assert len(found[user]) == 20
+        assert {name for _, _, name in found[user]} == {"popular"}
+    top = model.candidate_lists(["nobody"], 20, generator="popular")["nobody"]
+    assert [item for item, _, _ in found["nobody"]] == top
+
+
+def test_a_session_gives_an_unknown_user_similar_items(model: CandidateModel) -> None:
+    session = list(model.catalogue.items[model.indexed_items[:3]])
+    found = model.generate_candidates(["newcomer"], 30, recent_items={"newcomer": session})["newcomer"]
+    names = {name for _, _, name in found}
+    assert "item2item" in names
+    assert not set(session) & {item for item, _, _ in found}
+
+
+def test_merged_candidates_are_distinct_and_name_their_generator(model: CandidateModel) -> None:
+    users = list(model.catalogue.users[:50])
+    found = model.generate_candidates(users, 100)
+    for candidates in found.values():
+        items = [item for item, _, _ in candidates]
+        assert len(items) == len(set(items)) == 100
+        assert all(name in GENERATORS for _, _, name in candidates)
+        assert all(np.isfinite(score) for _, score, _ in candidates)
+    names = {name for candidates in found.values() for _, _, name in candidates}
+    assert names == set(GENERATORS)
+
+
+def test_seen_items_are_removed_only_on_request(
+    model: CandidateModel, data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+) -> None:
+    train = data[0]
+    heavy = train["user_id"].value_counts().index[0]
+    seen = set(train.loc[train["user_id"] == heavy, "item_id"])
+    kept = {item for item, _, _ in model.generate_candidates([heavy], 100, exclude_seen=False)[heavy]}
+    removed = {item for item, _, _ in model.generate_candidates([heavy], 100, exclude_seen=True)[heavy]}
+    assert kept & seen
+    assert not removed & seen
+
+
+def test_fewer_items_than_asked_for(data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train = data[0].head(40)
+    small = CandidateModel.fit(train, None, CandidateConfig(factors=4, hnsw_m=4))
+    available = train["item_id"].nunique()
+    user = str(train["user_id"].iloc[0])
+    for who in (user, "nobody"):
+        found = small.generate_candidates([who], available + 50, exclude_seen=False)[who]
+        items = [item for item, _, _ in found]
+        assert len(items) == len(set(items)) == available
+    unseen = small.generate_candidates([user], 500)[user]
+    assert len(unseen) == available - train.loc[train["user_id"] == user, "item_id"].nunique()
+
+
+def test_items_not_yet_created_are_never_candidates(
+    model: CandidateModel, data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+) -> None:
+    train, _, items = data
+    future = set(items.loc[items["created_at"] > train["timestamp"].max(), "item_id"])
+    assert future
+    found = model.generate_candidates(["nobody", *model.catalogue.users[:20]], 200)
+    assert not future & {item for candidates in found.values() for item, _, _ in candidates}
+
+
+def test_save_and_load_give_the_same_candidates(model: CandidateModel, tmp_path: Path) -> None:
+    users = [*model.catalogue.users[:30].tolist(), "nobody"]
+    folder = model.save(tmp_path / "candidates")
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "items.faiss", "model.npz"]
+    loaded = CandidateModel.load(folder)
+    assert loaded.config == model.config
+    assert loaded.generate_candidates(users, 100) == model.generate_candidates(users, 100)
+
+
+def test_load_names_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="is missing; point to a folder"):
+        CandidateModel.load(tmp_path)
+
+
+def test_same_seed_gives_the_same_candidates(
+    model: CandidateModel, data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+) -> None:
+    train, _, items = data
+    again = CandidateModel.fit(train, items, CandidateConfig(seed=3))
+    users = model.catalogue.users[:40].tolist()
+    assert again.generate_candidates(users, 100) == model.generate_candidates(users, 100)
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="'timestamp'"):
+        CandidateModel.fit(pd.DataFrame({"user_id": ["U1"], "item_id": ["I1"]}))
+    with pytest.raises(ValueError, match="quotas"):
+        CandidateConfig(quotas=(("als", 0.8), ("popular", 0.5)))
+    with pytest.raises(ValueError, match="n must be"):
+        CandidateModel.fit(
+            pd.DataFrame({"user_id": ["U1"], "item_id": ["I1"], "timestamp": [pd.Timestamp("2026-01-01", tz="UTC")]})
+        ).generate_candidates(["U1"], 0)

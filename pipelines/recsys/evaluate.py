@@ -1,0 +1,143 @@
+"""Offline evaluation of the recommendation pipeline against its baselines, on one split of the interactions.
+
+Rows of the table: the popularity baseline, each candidate generator alone (its own order), the merged candidates
+in merge order, the ranker, and the ranker after re-ranking (the full pipeline). Already-seen training items are
+removed from every ranking and every held-out test item a user did not already have counts as relevant. A second
+table gives the recall of the candidate stage at the candidate depth the ranker sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from pipelines.platform.ranking import evaluate_rankings
+from pipelines.recsys.candidates import GENERATORS, CandidateConfig, CandidateModel, candidate_recall
+from pipelines.recsys.rerank import RerankConfig, created_seconds, rerank_all
+from pipelines.recsys.splits import SplitMethod, seen_items, split_interactions, test_relevance
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    split: SplitMethod = "temporal"
+    test_frac: float = 0.2
+    k: int = 10
+    seed: int = 7
+    candidates: int = 200
+    max_users: int | None = 20_000  # evaluated users are sampled above this, seeded, to bound the run time
+
+
+def _row(name: str, stage: str, report: Any, seconds: float) -> dict[str, Any]:
+    return {"model": name, "stage": stage, **report.to_dict(), "seconds": round(seconds, 2)}
+
+
+def evaluate_pipeline(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None,
+    config: EvaluateConfig,
+    fit_ranker: Callable[[pd.DataFrame, pd.DataFrame | None, CandidateModel], Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The comparison table (list of rows) and the candidate-recall table, as JSON-able dicts."""
+    say = progress or (lambda _: None)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    train, test = split_interactions(interactions, config.split, config.test_frac, config.seed)
+    relevant = test_relevance(train, test)
+    if config.max_users is not None and len(relevant) > config.max_users:
+        chosen = pd.Series(sorted(relevant)).sample(config.max_users, random_state=config.seed).tolist()
+        relevant = {user: relevant[user] for user in chosen}
+    users = sorted(relevant)
+    seen = seen_items(train)
+    catalogue_size = int(items["item_id"].nunique()) if items is not None else int(interactions["item_id"].nunique())
+    categories = (
+        dict(zip(items["item_id"].astype(str), items["category"].astype(str), strict=True))
+        if items is not None and "category" in items
+        else None
+    )
+    timings["split"] = time.perf_counter() - started
+
+    say("fitting the candidate generators")
+    clock = time.perf_counter()
+    model = CandidateModel.fit(train, items, CandidateConfig(seed=config.seed))
+    timings["candidates_fit"] = time.perf_counter() - clock
+
+    rows: list[dict[str, Any]] = []
+    for generator in GENERATORS:
+        say(f"scoring users with the '{generator}' generator alone")
+        clock = time.perf_counter()
+        lists = model.candidate_lists(users, config.k, exclude_seen=True, generator=generator)
+        report = evaluate_rankings(lists, relevant, config.k, catalogue_size, categories)
+        name = "popularity baseline" if generator == "popular" else f"{generator} alone"
+        rows.append(_row(name, "candidates", report, time.perf_counter() - clock))
+
+    say("merging candidates")
+    clock = time.perf_counter()
+    merged = model.generate_candidates(users, config.candidates, exclude_seen=True)
+    merged_top = {user: [item for item, _, _ in found[: config.k]] for user, found in merged.items()}
+    report = evaluate_rankings(merged_top, relevant, config.k, catalogue_size, categories)
+    rows.append(_row("merged candidates (merge order)", "candidates", report, time.perf_counter() - clock))
+
+    say("candidate recall")
+    recall = candidate_recall(model, relevant, [config.candidates])
+
+    if fit_ranker is not None:
+        say("training the ranker")
+        clock = time.perf_counter()
+        ranker = fit_ranker(train, items, model)
+        timings["ranker_fit"] = time.perf_counter() - clock
+        say("ranking and re-ranking")
+        clock = time.perf_counter()
+        from pipelines.recsys.rank import feature_snapshot
+
+        snapshot = feature_snapshot(train, items)  # what the online store holds at the end of training
+        ranked = ranker.recommend(users, ranker.n_candidates, snapshot=snapshot)
+        ranked_top = {user: [item for item, _, _ in found[: config.k]] for user, found in ranked.items()}
+        report = evaluate_rankings(ranked_top, relevant, config.k, catalogue_size, categories)
+        rows.append(_row("ranker", "ranking", report, time.perf_counter() - clock))
+        clock = time.perf_counter()
+        now = float(pd.to_datetime(train["timestamp"], utc=True).max().timestamp())
+        reranked = rerank_all(
+            ranked,
+            config.k,
+            RerankConfig(),
+            seen=seen,
+            item_category=categories or {},
+            item_created=created_seconds(items) if items is not None and "created_at" in items else None,
+            now=now,
+        )
+        final = {user: [item for item, _, _ in found] for user, found in reranked.items()}
+        report = evaluate_rankings(final, relevant, config.k, catalogue_size, categories)
+        rows.append(_row("full pipeline (ranker + re-ranking)", "re-ranking", report, time.perf_counter() - clock))
+
+    timings["total"] = time.perf_counter() - started
+    return {
+        "config": asdict(config),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "users_evaluated": len(users),
+        "catalogue_size": catalogue_size,
+        "rows": rows,
+        "candidate_recall": recall.to_dict(orient="records"),
+        "seconds": {key: round(value, 2) for key, value in timings.items()},
+    }
+
+
+def ranker_trainer(seed: int) -> Callable[[pd.DataFrame, pd.DataFrame | None, CandidateModel], Any]:
+    """Train the learning-to-rank model (it fits its own candidate model on a cut of the training data)."""
+
+    def fit(train: pd.DataFrame, items: pd.DataFrame | None, _model: CandidateModel) -> Any:
+        from pipelines.recsys.rank import RankerParams, train_recommender
+
+        recommender, _ = train_recommender(
+            train, items, config=CandidateConfig(seed=seed), params=RankerParams(seed=seed)
+        )
+        return recommender
+
+    return fit

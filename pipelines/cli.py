@@ -487,6 +487,27 @@ def recsys_stream(
         json_out.write_text(json.dumps(result, indent=2))
 
 
+@recsys_app.command("train")
+def recsys_train(
+    interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],
+    items: Annotated[Path | None, typer.Option(help="Items file (categories, creation times, prices)")] = None,
+) -> None:
+    """Train candidates + XGBoost ranker on all interactions; register `recsys-ranker@champion` in MLflow."""
+    from pipelines.recsys.data import read_interactions, read_items
+
+    s = settings()
+    frame = read_interactions(interactions)
+    catalogue = read_items(items) if items else None
+    from pipelines.recsys.train import train_recsys
+
+    with console.status("training the candidate generators and the ranker"):
+        report = train_recsys(s, frame, catalogue)
+    console.print(
+        f"registered recsys-ranker v{report.model_version} as champion: {report.interactions:,} interactions, "
+        f"{report.training_rows:,} ranker rows, {report.seconds['total']:.1f} s"
+    )
+
+
 @recsys_app.command("evaluate")
 def recsys_evaluate(
     interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],

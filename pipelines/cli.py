@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.platform.stream import ServiceUnavailable as ServiceUnavailableError
 from pipelines.settings import Settings
 
 app = typer.Typer(
@@ -506,6 +507,34 @@ def recsys_train(
         f"registered recsys-ranker v{report.model_version} as champion: {report.interactions:,} interactions, "
         f"{report.training_rows:,} ranker rows, {report.seconds['total']:.1f} s"
     )
+
+
+@recsys_app.command("serve")
+def recsys_serve(
+    port: Annotated[int | None, typer.Option(help="Port (default MLSD_RECSYS_SERVICE_PORT)")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve `recsys-ranker@champion` with BentoML: POST /recommend, /readyz, /livez, OpenAPI at /docs."""
+    from pipelines.platform.infra import require_free_port
+    from pipelines.platform.registry import connect_mlflow
+
+    s = settings()
+    port = port or s.recsys_service_port
+    require_free_port(port, "the recommendation service", "MLSD_RECSYS_SERVICE_PORT")
+    connect_mlflow(s)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_model_version_by_alias("recsys-ranker", "champion")
+    except MlflowException:
+        raise ServiceUnavailableError(
+            "No model 'recsys-ranker' has the alias 'champion' yet; train one first with `mlsd recsys train`."
+        ) from None
+    command = service_command("services.recsys.service:RecommendService", host, port, 1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.execvp(command[0], command)
 
 
 @recsys_app.command("evaluate")

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # Serving
     fraud_service_port: int = 3000
     fraud_service_workers: int = 1
+    recsys_service_port: int = 3001
 
     # Fraud design knobs
     fraud_label_delay_days: int = 7

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
-from feast.data_format import ParquetFormat
+from feast import Entity, FeatureService
 from feast.types import Float64, Int64
 from feast.value_type import ValueType
+
+from feature_repo import pushed_view_objects
 
 WINDOWS_DAYS = (1, 7, 30)
 CUSTOMER_VIEW = "fraud_customer_features"
@@ -48,22 +49,10 @@ def fraud_feature_objects(offline_dir: Path) -> list:
         (customer, CUSTOMER_VIEW, CUSTOMER_PUSH, CUSTOMER_FEATURES),
         (terminal, TERMINAL_VIEW, TERMINAL_PUSH, TERMINAL_FEATURES),
     ):
-        batch = FileSource(
-            name=f"{view_name}_offline",
-            path=str((offline_dir / view_name).resolve()),
-            timestamp_field="event_timestamp",
-            file_format=ParquetFormat(),
+        made, view = pushed_view_objects(
+            offline_dir, entity, view_name, push_name, {name: _dtype(name) for name in features}, FEATURE_TTL
         )
-        push = PushSource(name=push_name, batch_source=batch)
-        view = FeatureView(
-            name=view_name,
-            entities=[entity],
-            ttl=FEATURE_TTL,
-            schema=[Field(name=name, dtype=_dtype(name)) for name in features],
-            source=push,
-            online=True,
-        )
-        objects += [batch, push, view]
+        objects += made
         views.append(view)
     objects.append(FeatureService(name=FEATURE_SERVICE, features=views))
     return objects

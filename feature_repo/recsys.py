@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
-from feast.data_format import ParquetFormat
+from feast import Entity, FeatureService
 from feast.types import Array, Float64, Int64, String
 from feast.value_type import ValueType
+
+from feature_repo import pushed_view_objects
 
 WINDOWS_DAYS = (1, 7, 30)
 USER_VIEW = "recsys_user_features"
@@ -53,22 +54,8 @@ def recsys_feature_objects(offline_dir: Path) -> list:
         (user, USER_VIEW, USER_PUSH, USER_SCHEMA),
         (item, ITEM_VIEW, ITEM_PUSH, ITEM_SCHEMA),
     ):
-        batch = FileSource(
-            name=f"{view_name}_offline",
-            path=str((offline_dir / view_name).resolve()),
-            timestamp_field="event_timestamp",
-            file_format=ParquetFormat(),
-        )
-        push = PushSource(name=push_name, batch_source=batch)
-        view = FeatureView(
-            name=view_name,
-            entities=[entity],
-            ttl=FEATURE_TTL,
-            schema=[Field(name=name, dtype=dtype) for name, dtype in schema.items()],
-            source=push,
-            online=True,
-        )
-        objects += [batch, push, view]
+        made, view = pushed_view_objects(offline_dir, entity, view_name, push_name, schema, FEATURE_TTL)
+        objects += made
         views.append(view)
     objects.append(FeatureService(name=FEATURE_SERVICE, features=views))
     return objects

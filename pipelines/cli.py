@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -195,10 +195,7 @@ def fraud_stream(
     from pipelines.platform.features import apply_feature_definitions
     from pipelines.platform.stream import (
         ensure_topics,
-        make_consumer,
-        make_producer,
         percentile_summary,
-        run_micro_batches,
     )
 
     s = settings()
@@ -207,9 +204,41 @@ def fraud_stream(
     store = apply_feature_definitions(s)
     ensure_topics(s, TOPICS)
     sink = FraudFeatureSink(s, store, engine)
-    consumer = make_consumer(s, list(SCHEMAS), group)
+    run_feature_processor(
+        s,
+        "fraud",
+        SCHEMAS,
+        sink,
+        group,
+        idle_stop,
+        max_events,
+        json_out,
+        lambda: {
+            "transactions": sink.stats.transactions,
+            "labels": sink.stats.labels,
+            "duplicates": sink.stats.duplicates,
+            "freshness_ms": percentile_summary(sink.stats.freshness_ms),
+        },
+    )
+
+
+def run_feature_processor(
+    s: Settings,
+    design: str,
+    schemas: dict,
+    sink: Any,
+    group: str,
+    idle_stop: float | None,
+    max_events: int | None,
+    json_out: Path | None,
+    sink_figures: Any,
+) -> None:
+    """A design's feature processor on the platform loop, with progress lines and a JSON summary at the end."""
+    from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
+
+    consumer = make_consumer(s, list(schemas), group)
     producer = make_producer(s)
-    console.print(f"fraud feature processor consuming {', '.join(SCHEMAS)} (group {group}); Ctrl-C stops it")
+    console.print(f"{design} feature processor consuming {', '.join(schemas)} (group {group}); Ctrl-C stops it")
 
     def report(stats, _size):  # type: ignore[no-untyped-def]
         if stats.batches % 20 == 0:
@@ -218,7 +247,7 @@ def fraud_stream(
     stats = run_micro_batches(
         consumer,
         producer,
-        SCHEMAS,
+        schemas,
         sink,
         s.stream_batch_size,
         s.stream_batch_ms,
@@ -230,14 +259,11 @@ def fraud_stream(
     producer.close()
     result = {
         "events": stats.processed,
-        "transactions": sink.stats.transactions,
-        "labels": sink.stats.labels,
         "dead_lettered": stats.dead_lettered,
         "dead_letter_reasons": stats.dead_letter_reasons,
-        "duplicates": sink.stats.duplicates,
         "seconds": round(stats.seconds, 3),
         "events_per_s": round(stats.rate, 1),
-        "freshness_ms": percentile_summary(sink.stats.freshness_ms),
+        **sink_figures(),
     }
     console.print_json(json.dumps(result))
     if json_out:
@@ -448,10 +474,7 @@ def recsys_stream(
     from pipelines.platform.features import apply_feature_definitions
     from pipelines.platform.stream import (
         ensure_topics,
-        make_consumer,
-        make_producer,
         percentile_summary,
-        run_micro_batches,
     )
     from pipelines.recsys.data import read_interactions, read_items
     from pipelines.recsys.events import TOPICS
@@ -465,27 +488,21 @@ def recsys_stream(
     store = apply_feature_definitions(s)
     ensure_topics(s, TOPICS)
     sink = RecsysFeatureSink(s, store, engine)
-    consumer = make_consumer(s, list(SCHEMAS), group)
-    producer = make_producer(s)
-    console.print(f"recsys feature processor consuming {', '.join(SCHEMAS)} (group {group}); Ctrl-C stops it")
-    stats = run_micro_batches(
-        consumer, producer, SCHEMAS, sink, s.stream_batch_size, s.stream_batch_ms, idle_stop_s=idle_stop
+    run_feature_processor(
+        s,
+        "recsys",
+        SCHEMAS,
+        sink,
+        group,
+        idle_stop,
+        None,
+        json_out,
+        lambda: {
+            "interactions": sink.stats.interactions,
+            "items": sink.stats.items,
+            "freshness_ms": percentile_summary(sink.stats.freshness_ms),
+        },
     )
-    consumer.close()
-    producer.close()
-    result = {
-        "interactions": sink.stats.interactions,
-        "items": sink.stats.items,
-        "dead_lettered": stats.dead_lettered,
-        "dead_letter_reasons": stats.dead_letter_reasons,
-        "seconds": round(stats.seconds, 3),
-        "events_per_s": round(stats.rate, 1),
-        "freshness_ms": percentile_summary(sink.stats.freshness_ms),
-    }
-    console.print_json(json.dumps(result))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
 
 
 @recsys_app.command("train")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.fraud import CUSTOMER_FEATURES, TERMINAL_FEATURES, WINDOWS_DAYS
+from pipelines.platform.features import epoch_seconds
 
 DAY = 86_400.0
 
@@ -144,12 +145,6 @@ class FraudFeatureEngine:
             customer_rows.append(customer_row)
             terminal_rows.append(terminal_row)
         return customer_rows, terminal_rows
-
-
-def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
-    """Epoch seconds at microsecond precision, as events carry them through Kafka (JSON → datetime)."""
-    micros = pd.to_datetime(timestamps, utc=True).dt.floor("us").astype("int64").to_numpy() // 1000
-    return micros / 1e6
 
 
 def feature_frames(

@@ -22,7 +22,7 @@ from feature_repo.fraud import CUSTOMER_VIEW, TERMINAL_VIEW
 from pipelines.fraud.events import LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
 from pipelines.fraud.features import FraudFeatureEngine, backfill_features, feature_frames
 from pipelines.platform.features import write_feature_rows
-from pipelines.platform.stream import Envelope, encode
+from pipelines.platform.stream import Envelope, encode, send_at_rate
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -69,21 +69,7 @@ def replay_transactions(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Send events at `rate` per second (0 = as fast as possible); keyed by customer to keep their order."""
-    records = _records(replay_events(transactions))
-    started = time.perf_counter()
-    for i, (topic, key, value) in enumerate(records):
-        if rate > 0:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0.002:
-                time.sleep(delay)
-        producer.send(topic, value=value, key=key)
-        if progress and i % 1000 == 0:
-            progress(i, len(records))
-    producer.flush()
-    seconds = time.perf_counter() - started
-    if progress:
-        progress(len(records), len(records))
-    return {"events": len(records), "seconds": seconds, "rate": len(records) / seconds if seconds else 0.0}
+    return send_at_rate(producer, _records(replay_events(transactions)), rate, progress)
 
 
 class _RecentIds:

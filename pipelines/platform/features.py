@@ -69,6 +69,12 @@ def to_feast_timestamps(frame: pd.DataFrame, column: str = "event_timestamp") ->
     return frame
 
 
+def epoch_seconds(timestamps: pd.Series) -> Any:
+    """Epoch seconds (NumPy array) at microsecond precision, as events carry them through Kafka (JSON → datetime)."""
+    micros = pd.to_datetime(timestamps, utc=True).dt.floor("us").astype("int64").to_numpy() // 1000
+    return micros / 1e6
+
+
 def push_online(store: FeatureStore, push_source: str, rows: pd.DataFrame) -> None:
     """Write rows to the online store through Feast's push API (the general path, used by backfills)."""
     from feast.data_source import PushMode

@@ -260,3 +260,26 @@ def percentile_summary(values: list[float]) -> dict[str, Any]:
         "p99": float(np.percentile(array, 99)),
         "max": float(array.max()),
     }
+
+
+def send_at_rate(
+    producer: KafkaProducer,
+    records: list[tuple[str, bytes, bytes]],
+    rate: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Send (topic, key, value) records in order at `rate` per second (0 = as fast as possible), then flush."""
+    started = time.perf_counter()
+    for i, (topic, key, value) in enumerate(records):
+        if rate > 0:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0.002:
+                time.sleep(delay)
+        producer.send(topic, value=value, key=key)
+        if progress and i % 1000 == 0:
+            progress(i, len(records))
+    producer.flush()
+    seconds = time.perf_counter() - started
+    if progress:
+        progress(len(records), len(records))
+    return {"events": len(records), "seconds": seconds, "rate": len(records) / seconds if seconds else 0.0}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from feature_repo.recsys import ITEM_FEATURES, RECENT_ITEMS, TOP_CATEGORIES, USER_FEATURES, WINDOWS_DAYS
+from pipelines.platform.features import epoch_seconds
 
 DAY = 86_400.0
 UNKNOWN_CATEGORY = "unknown"
@@ -130,12 +131,6 @@ class RecsysFeatureEngine:
         return user_rows, item_rows
 
 
-def epoch_seconds(timestamps: pd.Series) -> list[float]:
-    """Epoch seconds at microsecond precision, as events carry them through Kafka (JSON → datetime)."""
-    micros = pd.to_datetime(timestamps, utc=True).dt.floor("us").astype("int64") // 1000
-    return (micros / 1e6).tolist()
-
-
 def feature_frames(
     interactions: pd.DataFrame, user_rows: list[tuple], item_rows: list[tuple]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -154,7 +149,7 @@ def engine_for_catalogue(items: pd.DataFrame | None) -> RecsysFeatureEngine:
     """An engine that knows every item's category and creation time."""
     engine = RecsysFeatureEngine()
     if items is not None and not items.empty:
-        created = epoch_seconds(items["created_at"]) if "created_at" in items else [float("inf")] * len(items)
+        created = epoch_seconds(items["created_at"]).tolist() if "created_at" in items else [float("inf")] * len(items)
         categories = items["category"] if "category" in items else [UNKNOWN_CATEGORY] * len(items)
         for item_id, category, created_at in zip(items["item_id"].astype(str), categories, created, strict=True):
             engine.add_item(item_id, str(category), created_at)
@@ -171,7 +166,7 @@ def backfill_features(
     user_rows, item_rows = engine.run(
         ordered["user_id"].astype(str).tolist(),
         ordered["item_id"].astype(str).tolist(),
-        epoch_seconds(ordered["timestamp"]),
+        epoch_seconds(ordered["timestamp"]).tolist(),
         weights,
     )
     return feature_frames(ordered, user_rows, item_rows)

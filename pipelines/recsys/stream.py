@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
 from pipelines.platform.features import write_feature_rows
-from pipelines.platform.stream import Envelope, encode
+from pipelines.platform.stream import Envelope, encode, send_at_rate
 from pipelines.recsys.events import INTERACTIONS_TOPIC, ITEMS_TOPIC, InteractionEvent, ItemEvent
 from pipelines.recsys.features import RecsysFeatureEngine, feature_frames
 from pipelines.settings import Settings
@@ -77,19 +77,7 @@ def replay_interactions(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Send events at `rate` per second (0 = as fast as possible); keyed by user to keep each user's order."""
-    records = replay_records(interactions, items)
-    started = time.perf_counter()
-    for i, (topic, key, value) in enumerate(records):
-        if rate > 0:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0.002:
-                time.sleep(delay)
-        producer.send(topic, value=value, key=key)
-        if progress and i % 1000 == 0:
-            progress(i, len(records))
-    producer.flush()
-    seconds = time.perf_counter() - started
-    return {"events": len(records), "seconds": seconds, "rate": len(records) / seconds if seconds else 0.0}
+    return send_at_rate(producer, replay_records(interactions, items), rate, progress)
 
 
 @dataclass

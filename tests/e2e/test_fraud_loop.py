@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -20,17 +14,9 @@ from pipelines.fraud.loadgen import payloads_from_frame
 from pipelines.fraud.train import train_fraud
 from pipelines.platform.infra import free_port
 from pipelines.platform.training import XGBParams
+from tests.service_process import post, serving
 
 pytestmark = pytest.mark.e2e
-
-
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +28,13 @@ def service(tmp_path_factory, broker, small_transactions):
     train_fraud(settings, small_transactions, params=XGBParams(n_estimators=60))
     port = free_port()
     env = {
-        **os.environ,
         "MLSD_HOME": str(home),
         "MLSD_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "MLSD_KAFKA_BOOTSTRAP": broker,
         "MLSD_FRAUD_SERVICE_PORT": str(port),
     }
-    mlsd = Path(sys.executable).parent / "mlsd"
-    process = subprocess.Popen(
-        [str(mlsd), "fraud", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if process.poll() is not None:
-            pytest.fail(f"service exited: {process.stdout.read().decode()[-3000:]}")
-    else:
-        pytest.fail("service did not become ready in 120 s")
-    yield base, settings
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    with serving(["fraud", "serve"], env, port) as base:
+        yield base, settings
 
 
 def test_a_transaction_gets_a_decision_with_score_version_and_reasons(service, small_transactions):

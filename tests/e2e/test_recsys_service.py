@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
@@ -18,7 +10,7 @@ from pipelines.platform.infra import free_port
 from pipelines.recsys.features import backfill_features
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.train import train_recsys
-from tests.e2e.test_fraud_loop import post
+from tests.service_process import post, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -39,34 +31,12 @@ def service(tmp_path_factory):
     )
     port = free_port()
     env = {
-        **os.environ,
         "MLSD_HOME": str(home),
         "MLSD_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "MLSD_RECSYS_SERVICE_PORT": str(port),
     }
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlsd"), "recsys", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if process.poll() is not None:
-            pytest.fail(f"service exited: {process.stdout.read().decode()[-3000:]}")
-    else:
-        pytest.fail("service did not become ready in 120 s")
-    yield base, interactions
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    with serving(["recsys", "serve"], env, port) as base:
+        yield base, interactions
 
 
 def test_a_known_user_gets_k_unseen_items_with_stages_and_latency(service):

@@ -201,9 +201,10 @@ STACK = ("kafka", "mlflow")
 
 def all_topics() -> list[str]:
     from pipelines.fraud.events import TOPICS as FRAUD_TOPICS
+    from pipelines.platform.predictions import ALERTS_TOPIC, PREDICTION_TOPICS
     from pipelines.recsys.events import TOPICS as RECSYS_TOPICS
 
-    return [*FRAUD_TOPICS, *RECSYS_TOPICS]
+    return [*FRAUD_TOPICS, *RECSYS_TOPICS, *PREDICTION_TOPICS.values(), ALERTS_TOPIC]
 
 
 def stack_up(settings: Settings) -> list[ManagedProcess]:

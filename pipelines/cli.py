@@ -609,18 +609,44 @@ def loadtest_fraud(
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the histogram go")] = Path(".mlsd/reports/loadtest"),
 ) -> None:
     """Open-loop load against the fraud service: throughput, p50/p95/p99, errors, latency histogram."""
-    from rich.progress import Progress
-
     from pipelines.fraud.loadgen import transaction_payloads
-    from pipelines.platform.infra import wait_for_http
-    from pipelines.platform.loadtest import run_load_test, save_latency_histogram, write_json
 
     s = settings()
     target = url or f"http://127.0.0.1:{s.fraud_service_port}/score"
-    wait_for_http(
-        target.rsplit("/", 1)[0] + "/readyz", 90, "The fraud scoring service (start it with `mlsd fraud serve`)"
-    )
-    payloads = transaction_payloads(s, transactions)
+    drive_service("fraud", target, "`mlsd fraud serve`", transaction_payloads(s, transactions), rps, duration, out_dir)
+
+
+@loadtest_app.command("recsys")
+def loadtest_recsys(
+    rps: Annotated[float, typer.Option(help="Requests per second (open loop)")] = 50.0,
+    duration: Annotated[float, typer.Option(help="Seconds")] = 30.0,
+    url: Annotated[str | None, typer.Option(help="Recommend endpoint (default: local service)")] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="Draw users from this file (default: .mlsd/data/interactions.parquet)")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Items per request")] = 10,
+    cold_share: Annotated[float, typer.Option(help="Share of requests for never-seen users")] = 0.1,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the histogram go")] = Path(".mlsd/reports/loadtest"),
+) -> None:
+    """Open-loop load against the recommendation service: throughput, p50/p95/p99, errors, latency histogram."""
+    from pipelines.recsys.loadgen import recommend_payloads
+
+    s = settings()
+    target = url or f"http://127.0.0.1:{s.recsys_service_port}/recommend"
+    payloads = recommend_payloads(s, interactions, k=k, cold_share=cold_share)
+    drive_service("recsys", target, "`mlsd recsys serve`", payloads, rps, duration, out_dir)
+
+
+def drive_service(
+    design: str, target: str, start_hint: str, payloads: list[dict], rps: float, duration: float, out_dir: Path
+) -> None:
+    """Wait for the service, run the open-loop load, print the summary, write JSON and a latency histogram."""
+    from rich.progress import Progress
+
+    from pipelines.platform.infra import wait_for_http
+    from pipelines.platform.loadtest import run_load_test, save_latency_histogram, write_json
+
+    wait_for_http(target.rsplit("/", 1)[0] + "/readyz", 90, f"The {design} service (start it with {start_hint})")
     with Progress(console=console) as progress:
         task = progress.add_task(f"{rps:.0f} req/s for {duration:.0f} s", total=int(rps * duration))
         result = run_load_test(
@@ -632,9 +658,10 @@ def loadtest_fraud(
         )
     print_json_or_table(result.summary_rows(), f"load test {target}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_dir / f"fraud_{int(rps)}rps.json")
-    plot = save_latency_histogram(result, out_dir / f"fraud_{int(rps)}rps.png", f"fraud /score at {rps:.0f} req/s")
-    console.print(f"wrote {out_dir / f'fraud_{int(rps)}rps.json'} and {plot}")
+    name = f"{design}_{int(rps)}rps"
+    write_json(result, out_dir / f"{name}.json")
+    plot = save_latency_histogram(result, out_dir / f"{name}.png", f"{design} {target} at {rps:.0f} req/s")
+    console.print(f"wrote {out_dir / f'{name}.json'} and {plot}")
 
 
 # ---------------------------------------------------------------- infra roles

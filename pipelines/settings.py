@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     fraud_service_port: int = 3000
     fraud_service_workers: int = 1
     recsys_service_port: int = 3001
+    recsys_item_refresh_seconds: float = Field(
+        default=30.0, description="How often /recommend re-reads the catalogue's item features (0: never)"
+    )
 
     # Fraud design knobs
     fraud_label_delay_days: int = 7

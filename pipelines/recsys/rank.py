@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -154,22 +155,60 @@ def _flatten(candidates: Mapping[str, Sequence[Candidate]]) -> pd.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class CatalogueArrays:
+    """Per-item (and per-user) arrays in catalogue order that no request changes: built once per model.
+
+    Serving ranks ~150 candidates per request; recomputing these over the whole catalogue each time cost more
+    than everything else in the feature builder.
+    """
+
+    unit_factors: np.ndarray  # item factors scaled to length 1 (cosine through a dot product)
+    popularity_log: np.ndarray
+    popularity_rank_log: np.ndarray
+    category: np.ndarray  # object array of category names
+    price: np.ndarray
+    created_epoch: np.ndarray
+    user_mean_price: np.ndarray  # weighted mean price of each training user's items (NaN without prices)
+
+
+def catalogue_arrays(model: CandidateModel, items: pd.DataFrame) -> CatalogueArrays:
+    """`items` is the model's `item_table`."""
+    norms = np.linalg.norm(model.item_factors, axis=1, keepdims=True)
+    popularity = model.popularity.astype(np.float64)
+    finite = np.isfinite(popularity)
+    order = np.argsort(-np.where(finite, popularity, -np.inf), kind="stable")
+    rank = np.empty(len(order), dtype=np.float64)
+    rank[order] = np.arange(len(order))
+    table = items.reindex(model.catalogue.items)
+    prices = table["price"].to_numpy(dtype=np.float64)
+    return CatalogueArrays(
+        unit_factors=model.item_factors / np.maximum(norms, 1e-12),
+        popularity_log=np.where(finite, np.log1p(np.maximum(popularity, 0.0)), np.nan),
+        popularity_rank_log=np.where(finite, np.log1p(rank), np.nan),
+        category=table["category"].to_numpy(dtype=object),
+        price=prices,
+        created_epoch=table["created_epoch"].to_numpy(dtype=np.float64),
+        user_mean_price=_user_mean_price(model, prices),
+    )
+
+
+def _codes(index: Mapping[str, int], ids: np.ndarray) -> np.ndarray:
+    return np.fromiter((index.get(value, -1) for value in ids), dtype=np.int64, count=len(ids))
+
+
 def _recent_similarity(
     model: CandidateModel,
-    pairs: pd.DataFrame,
-    user_codes: np.ndarray,
+    unit: np.ndarray,
+    user_ids: np.ndarray,
     item_codes: np.ndarray,
-    snapshot: FeatureSnapshot,
+    recent: Mapping[Any, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Max and mean cosine between each candidate and the user's latest items (from the online store)."""
-    norms = np.linalg.norm(model.item_factors, axis=1, keepdims=True)
-    unit = model.item_factors / np.maximum(norms, 1e-12)
     index = model.catalogue.item_index
-    recent = snapshot.users["user_recent_items"] if "user_recent_items" in snapshot.users else pd.Series(dtype=object)
-    best = np.full(len(pairs), np.nan)
-    mean = np.full(len(pairs), np.nan)
-    user_ids = pairs["user_id"].to_numpy()
-    bounds = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1], True]) if len(pairs) else np.array([0])
+    best = np.full(len(user_ids), np.nan)
+    mean = np.full(len(user_ids), np.nan)
+    bounds = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1], True]) if len(user_ids) else np.array([0])
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         seen = recent.get(user_ids[start])
         if seen is None or not isinstance(seen, list | np.ndarray):
@@ -183,30 +222,26 @@ def _recent_similarity(
     return best, mean
 
 
-def _category_features(pairs: pd.DataFrame, categories: np.ndarray, snapshot: FeatureSnapshot) -> pd.DataFrame:
-    """The user's 30-day share of the candidate's category, its rank among the user's top categories."""
-    users = snapshot.users
-    if users.empty:
-        long = pd.DataFrame(columns=["user_id", "category", "category_share", "category_rank"])
-    else:
-        long = pd.DataFrame(
-            {
-                "user_id": users.index.repeat(users["user_top_categories"].map(len)),
-                "category": np.concatenate([*users["user_top_categories"].map(np.asarray), np.array([], object)]),
-                "category_share": np.concatenate(
-                    [*users["user_top_category_shares"].map(np.asarray), np.array([], float)]
-                ).astype(float),
-            }
-        )
-        long["category_rank"] = long.groupby("user_id").cumcount().astype(float)
-    frame = pd.DataFrame({"user_id": pairs["user_id"].to_numpy(), "category": categories})
-    merged = frame.merge(long, on=["user_id", "category"], how="left")
-    known = pairs["user_id"].isin(users.index).to_numpy()
-    share = np.where(known, merged["category_share"].fillna(0.0).to_numpy(dtype=float), np.nan)
-    rank = np.where(known, merged["category_rank"].fillna(10.0).to_numpy(dtype=float), np.nan)
-    return pd.DataFrame(
-        {"category_share": share, "category_rank": rank, "is_top_category": np.where(known, rank == 0, np.nan)}
-    )
+def _category_features(
+    user_ids: np.ndarray, categories: np.ndarray, users: pd.DataFrame, known: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The user's 30-day share of the candidate's category, its rank among the user's top categories.
+
+    `users` holds the rows of the users present in the online store, `known` marks the pairs of those users.
+    """
+    table: dict[tuple[str, str], tuple[float, float]] = {}
+    if not users.empty:
+        for user, names, shares in zip(
+            users.index, users["user_top_categories"], users["user_top_category_shares"], strict=True
+        ):
+            if isinstance(names, list | np.ndarray):
+                for position, (name, share) in enumerate(zip(names, shares, strict=False)):
+                    table.setdefault((user, name), (float(share), float(position)))
+    found = [table.get(key, (0.0, 10.0)) for key in zip(user_ids, categories, strict=True)]
+    pairs = np.asarray(found, dtype=np.float64).reshape(-1, 2)
+    share = np.where(known, pairs[:, 0], np.nan)
+    rank = np.where(known, pairs[:, 1], np.nan)
+    return share, rank, np.where(known, rank == 0, np.nan)
 
 
 def _user_mean_price(model: CandidateModel, prices: np.ndarray) -> np.ndarray:
@@ -224,64 +259,69 @@ def ranking_features(
     candidates: Mapping[str, Sequence[Candidate]],
     snapshot: FeatureSnapshot,
     items: pd.DataFrame,
+    arrays: CatalogueArrays | None = None,
 ) -> pd.DataFrame:
     """One row per (user, candidate), users sorted and candidates in merge order: ids, generator, FEATURE_NAMES.
 
     `model` is the candidate model that proposed the candidates, `snapshot` the feature state at the moment of
-    ranking, `items` the `item_table` of the model. Missing values (unknown users, unseen items) stay NaN.
+    ranking, `items` the `item_table` of the model (`arrays` its `catalogue_arrays`, computed here if not given).
+    Missing values (unknown users, unseen items) stay NaN.
     """
+    arrays = arrays or catalogue_arrays(model, items)
     pairs = _flatten(candidates)
-    user_codes = pairs["user_id"].map(model.catalogue.user_index).fillna(-1).to_numpy(dtype=np.int64)
-    item_codes = pairs["item_id"].map(model.catalogue.item_index).fillna(-1).to_numpy(dtype=np.int64)
+    user_ids = pairs["user_id"].to_numpy()
+    user_codes = _codes(model.catalogue.user_index, user_ids)
+    item_codes = _codes(model.catalogue.item_index, pairs["item_id"].to_numpy())
     if (item_codes < 0).any():
         raise ValueError("a candidate item is not in the candidate model's catalogue; rank its own candidates.")
     known = user_codes >= 0
-    out = pairs.copy()
+    generators = pairs["generator"].to_numpy()
+    out: dict[str, np.ndarray] = {
+        "merge_position": pairs["merge_position"].to_numpy(),
+        "merge_score": pairs["merge_score"].to_numpy(),
+    }
     for name in GENERATORS:
-        out[f"from_{name}"] = (pairs["generator"] == name).to_numpy(dtype=np.float64)
+        out[f"from_{name}"] = (generators == name).astype(np.float64)
 
     als = np.full(len(pairs), np.nan)
     if known.any():
         als[known] = np.einsum("ij,ij->i", model.user_factors[user_codes[known]], model.item_factors[item_codes[known]])
     out["als_score"] = als
+    # Only the users of these pairs: a reindex of the whole snapshot would cost per request what it costs per batch.
+    unique_users, inverse = np.unique(user_ids.astype(str), return_inverse=True)
+    users = snapshot.users.reindex(unique_users)
+    present = users.dropna(how="all")
+    recent: dict[Any, Any] = present["user_recent_items"].to_dict() if "user_recent_items" in present else {}
     out["i2i_max_similarity"], out["i2i_mean_similarity"] = _recent_similarity(
-        model, pairs, user_codes, item_codes, snapshot
+        model, arrays.unit_factors, user_ids, item_codes, recent
     )
-    popularity = model.popularity.astype(np.float64)
-    finite = np.isfinite(popularity)
-    order = np.argsort(-np.where(finite, popularity, -np.inf), kind="stable")
-    rank = np.empty(len(order), dtype=np.float64)
-    rank[order] = np.arange(len(order))
-    out["popularity_log"] = np.where(finite, np.log1p(np.maximum(popularity, 0.0)), np.nan)[item_codes]
-    out["popularity_rank_log"] = np.where(finite, np.log1p(rank), np.nan)[item_codes]
+    out["popularity_log"] = arrays.popularity_log[item_codes]
+    out["popularity_rank_log"] = arrays.popularity_rank_log[item_codes]
 
-    users = snapshot.users.reindex(pairs["user_id"])
     for name in ("user_events_1d", "user_events_7d", "user_events_30d", "user_weight_30d"):
-        out[name] = users[name].to_numpy(dtype=np.float64)
-    out["user_recent_count"] = users["user_recent_items"].map(len, na_action="ignore").to_numpy(dtype=np.float64)
-    last = users["user_last_event_epoch"].to_numpy(dtype=np.float64)
+        out[name] = users[name].to_numpy(dtype=np.float64)[inverse]
+    out["user_recent_count"] = users["user_recent_items"].map(len, na_action="ignore").to_numpy(np.float64)[inverse]
+    last = users["user_last_event_epoch"].to_numpy(dtype=np.float64)[inverse]
     out["user_hours_since_last_event"] = (snapshot.now - last) / HOUR
 
     rows = snapshot.items.reindex(pairs["item_id"])
     for name in ("item_events_1d", "item_events_7d", "item_events_30d", "item_weight_7d"):
         out[name] = rows[name].fillna(0.0).to_numpy(dtype=np.float64)
-    table = items.reindex(model.catalogue.items)
-    created = table["created_epoch"].to_numpy(dtype=np.float64)[item_codes]
-    first = np.fmin(rows["item_first_seen_epoch"].to_numpy(dtype=np.float64), created)
+    first = np.fmin(rows["item_first_seen_epoch"].to_numpy(dtype=np.float64), arrays.created_epoch[item_codes])
     out["item_age_days"] = (snapshot.now - first) / DAY
     out["item_hours_since_last_event"] = (snapshot.now - rows["item_last_event_epoch"].to_numpy(np.float64)) / HOUR
 
-    categories = table["category"].to_numpy(dtype=object)[item_codes]
-    category = _category_features(pairs, categories, snapshot)
-    for name in category.columns:
-        out[name] = category[name].to_numpy(dtype=np.float64)
-    prices = table["price"].to_numpy(dtype=np.float64)
-    out["price_log"] = np.log1p(prices[item_codes])
+    in_store = users.notna().any(axis=1).to_numpy()[inverse]
+    share, rank, top = _category_features(user_ids, arrays.category[item_codes], present, in_store)
+    out["category_share"], out["category_rank"], out["is_top_category"] = share, rank, top
+    prices = arrays.price[item_codes]
+    out["price_log"] = np.log1p(prices)
     mean_price = np.full(len(pairs), np.nan)
-    mean_price[known] = _user_mean_price(model, prices)[user_codes[known]]
+    mean_price[known] = arrays.user_mean_price[user_codes[known]]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["price_ratio"] = prices[item_codes] / mean_price
-    return out[["user_id", "item_id", "generator", *FEATURE_NAMES]]
+        out["price_ratio"] = prices / mean_price
+    features = pd.DataFrame({name: out[name] for name in FEATURE_NAMES}, index=pairs.index)
+    return pd.concat([pairs[["user_id", "item_id", "generator"]], features], axis=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -419,8 +459,12 @@ class RecsysRanker:
     params: RankerParams = field(default_factory=RankerParams)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @cached_property
+    def arrays(self) -> CatalogueArrays:
+        return catalogue_arrays(self.candidates, self.items)
+
     def score(self, candidates: Mapping[str, Sequence[Candidate]], snapshot: FeatureSnapshot) -> pd.DataFrame:
-        frame = ranking_features(self.candidates, candidates, snapshot, self.items)
+        frame = ranking_features(self.candidates, candidates, snapshot, self.items, self.arrays)
         matrix = frame[list(self.feature_names)].to_numpy(dtype=np.float32)
         frame["rank_score"] = self.ranker.predict(matrix) if len(frame) else np.empty(0, np.float32)
         return frame

@@ -63,3 +63,25 @@ def test_invalid_requests_get_a_400_naming_the_field(service):
     base, _ = service
     status, body = post(f"{base}/recommend", {"user_id": "u", "k": 0})
     assert status == 400 and any(d["loc"] == ["k"] for d in body["detail"])
+
+
+def test_the_load_test_command_drives_the_service_without_errors(service, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, interactions = service
+    path = tmp_path / "interactions.parquet"
+    interactions.to_parquet(path)
+    mlsd = Path(sys.executable).parent / "mlsd"
+    args = ["loadtest", "recsys", "--rps", "20", "--duration", "3", "--url", f"{base}/recommend"]
+    done = subprocess.run(
+        [str(mlsd), *args, "--interactions", str(path), "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "recsys_20rps.json").read_text())
+    assert result["sent"] == 60 and result["errors"] == 0 and result["ok"] == 60

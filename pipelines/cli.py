@@ -95,11 +95,13 @@ def demo(
     rps: Annotated[float, typer.Option(help="Live scoring traffic, requests per second")] = 200.0,
     duration: Annotated[float, typer.Option(help="Seconds of live scoring traffic")] = 20.0,
     keep_running: Annotated[bool, typer.Option(help="Leave the stack running afterwards")] = False,
+    interactions: Annotated[int, typer.Option(help="Recommendation interactions to simulate (0 skips it)")] = 150_000,
+    recsys_rps: Annotated[float, typer.Option(help="Live recommendation traffic, requests per second")] = 50.0,
 ) -> None:
-    """The whole fraud loop on simulated data: up, simulate, train, stream, serve, live traffic, report."""
+    """Every design on simulated data: up, simulate, train, stream, serve, live traffic, summaries, report."""
     from pipelines.demo import run_demo
 
-    run_demo(settings(), console, transactions, live_days, rps, duration, keep_running)
+    run_demo(settings(), console, transactions, live_days, rps, duration, keep_running, interactions, recsys_rps)
 
 
 # ---------------------------------------------------------------- fraud
@@ -139,14 +141,19 @@ def fraud_split(
     live_out: Annotated[Path, typer.Option(help="Where the live days go")] = Path(".mlsd/data/live.parquet"),
 ) -> None:
     """Split a file into history (train on it, warm the stream with it) and the last days (replay them live)."""
-    from pipelines.fraud.data import read_transactions, split_history_live
-    from pipelines.platform.dataio import write_table
+    from pipelines.fraud.data import read_transactions
 
-    s = settings()
-    history, live = split_history_live(read_transactions(transactions, s.fraud_label_delay_days), live_days)
+    frame = read_transactions(transactions, settings().fraud_label_delay_days)
+    split_file(frame, live_days, history_out, live_out, "transactions")
+
+
+def split_file(frame: Any, live_days: int, history_out: Path, live_out: Path, what: str) -> None:
+    from pipelines.platform.dataio import split_history_live, write_table
+
+    history, live = split_history_live(frame, live_days)
     write_table(history, history_out)
     write_table(live, live_out)
-    console.print(f"history: {len(history):,} transactions → {history_out}; live: {len(live):,} → {live_out}")
+    console.print(f"history: {len(history):,} {what} → {history_out}; live: {len(live):,} → {live_out}")
 
 
 @fraud_app.command("replay")
@@ -437,6 +444,23 @@ def recsys_simulate(
     )
 
 
+@recsys_app.command("split")
+def recsys_split(
+    interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],
+    live_days: Annotated[int, typer.Option(help="Last calendar days that go to the live file")] = 1,
+    history_out: Annotated[Path, typer.Option(help="Where the history goes")] = Path(
+        ".mlsd/data/interactions.parquet"
+    ),
+    live_out: Annotated[Path, typer.Option(help="Where the live days go")] = Path(
+        ".mlsd/data/interactions_live.parquet"
+    ),
+) -> None:
+    """Split interactions into history (train on it, seed the features with it) and the last days (replay them)."""
+    from pipelines.recsys.data import read_interactions
+
+    split_file(read_interactions(interactions), live_days, history_out, live_out, "interactions")
+
+
 @recsys_app.command("replay")
 def recsys_replay(
     interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],
@@ -465,13 +489,16 @@ def recsys_replay(
 @recsys_app.command("stream")
 def recsys_stream(
     items: Annotated[Path | None, typer.Option(help="Items file (categories and creation times)")] = None,
-    history: Annotated[Path | None, typer.Option(help="Interactions already processed (warms the state)")] = None,
+    history: Annotated[
+        Path | None, typer.Option(help="Interactions already processed: warm the state, seed the online store")
+    ] = None,
     group: Annotated[str, typer.Option(help="Consumer group id")] = "recsys-features",
     idle_stop: Annotated[float | None, typer.Option(help="Stop after this many seconds without events")] = None,
     json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
 ) -> None:
     """Consume interactions and items, update user/item features in Feast online + offline, commit after."""
-    from pipelines.platform.features import apply_feature_definitions
+    from feature_repo.recsys import ITEM_VIEW, USER_VIEW
+    from pipelines.platform.features import apply_feature_definitions, write_feature_rows
     from pipelines.platform.stream import (
         ensure_topics,
         percentile_summary,
@@ -483,9 +510,12 @@ def recsys_stream(
 
     s = settings()
     engine = engine_for_catalogue(read_items(items) if items else None)
-    if history:
-        backfill_features(read_interactions(history), engine=engine)
     store = apply_feature_definitions(s)
+    if history:
+        # The history's newest rows go online too, so the service knows every user and item from the start.
+        users, item_rows = backfill_features(read_interactions(history), engine=engine)
+        online, _ = write_feature_rows(s, store, [(USER_VIEW, "user_id", users), (ITEM_VIEW, "item_id", item_rows)])
+        console.print(f"seeded the online store with {online:,} user and item rows from {history}")
     ensure_topics(s, TOPICS)
     sink = RecsysFeatureSink(s, store, engine)
     run_feature_processor(

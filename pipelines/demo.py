@@ -1,8 +1,9 @@
-"""`mlsd demo`: the fraud loop end to end on the embedded stack, with a printed summary and an HTML report.
+"""`mlsd demo`: the designs end to end on the embedded stack, with printed summaries and one HTML report.
 
-up → simulate → train (four imbalance strategies, champion registered) → stream processor and scoring service
-started as processes → the last days replayed live to Kafka while open-loop traffic hits the service → decisions
-read back from Kafka → summary and report → everything started here is stopped.
+Fraud: up → simulate → train (four imbalance strategies, champion registered) → stream processor and scoring
+service started as processes → the last days replayed live to Kafka while open-loop traffic hits the service →
+predictions read back from Kafka → summary. Recommendation (pipelines/recsys/demo.py) follows on the same stack.
+Then the report is written and everything started here is stopped.
 """
 
 from __future__ import annotations
@@ -46,20 +47,20 @@ def wait_for_log(log: Path, text: str, timeout_s: float) -> None:
 
 
 def read_decisions(settings: Settings, idle_s: float = 3.0) -> pd.DataFrame:
-    """Everything on `fraud.decisions`, read from the start with a throw-away consumer."""
+    """The served predictions on `fraud.predictions`, read from the start with a throw-away consumer."""
     from kafka import KafkaConsumer
 
-    from pipelines.fraud.events import DECISIONS_TOPIC
+    from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC
 
     consumer = KafkaConsumer(
-        DECISIONS_TOPIC,
+        FRAUD_PREDICTIONS_TOPIC,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=int(idle_s * 1000),
     )
-    rows = [json.loads(message.value) for message in consumer]
+    rows = [row for message in consumer if (row := json.loads(message.value)).get("served", True)]
     consumer.close()
     return pd.DataFrame(rows)
 
@@ -72,12 +73,13 @@ def run_demo(
     rps: float,
     duration: float,
     keep_running: bool,
+    interactions: int = 150_000,
+    recsys_rps: float = 50.0,
 ) -> dict[str, Any]:
-    from pipelines.fraud.data import split_history_live
     from pipelines.fraud.loadgen import payloads_from_frame
     from pipelines.fraud.simulate import config_for_size, fraud_summary, simulate_transactions
     from pipelines.fraud.train import train_fraud
-    from pipelines.platform.dataio import write_table
+    from pipelines.platform.dataio import split_history_live, write_table
     from pipelines.platform.infra import (
         require_free_port,
         running,
@@ -197,10 +199,18 @@ def run_demo(
         }
         (report_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(console, summary)
+        sections = []
+        if interactions > 0:
+            from pipelines.recsys.demo import recsys_report_section, run_recsys_demo
+
+            console.rule("recommendation")
+            summary["recsys"] = run_recsys_demo(settings, console, interactions, recsys_rps, duration)
+            sections.append(recsys_report_section(summary["recsys"]))
         html_path = write_html_report(
-            report_dir / "demo.html",
+            settings.reports_dir / "demo.html",
             summary,
             [Path(report.plots["pr_curves"]), Path(report.plots["cost_curve"]), histogram],
+            sections,
         )
         console.print(f"report: {html_path}")
         return summary
@@ -223,7 +233,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     table.add_row("live requests ok / errors", f"{live['ok']:,} / {live['errors']:,}")
     table.add_row(
-        "decisions on fraud.decisions", ", ".join(f"{k} {v:,}" for k, v in sorted(summary["decisions"].items()))
+        "decisions on fraud.predictions", ", ".join(f"{k} {v:,}" for k, v in sorted(summary["decisions"].items()))
     )
     if stream:
         fresh = stream.get("freshness_ms", {})
@@ -240,7 +250,8 @@ def _image(path: Path) -> str:
     return f'<figure><img src="data:image/png;base64,{data}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
 
 
-def write_html_report(path: Path, summary: dict[str, Any], plots: list[Path]) -> Path:
+def write_html_report(path: Path, summary: dict[str, Any], plots: list[Path], sections: list[str]) -> Path:
+    """One page: the fraud design's tables and plots, then each further design's section."""
     train = summary["train"]
     rows = "".join(
         f"<tr><td>{html.escape(s['strategy'])}</td><td>{s['average_precision']:.3f}</td><td>{s['roc_auc']:.3f}</td>"
@@ -265,6 +276,7 @@ img{{max-width:480px}}figure{{display:inline-block;margin:8px}}</style></head><b
 p99 {live["p99_ms"]:.1f} ms, {live["errors"]} errors. Decisions: {html.escape(json.dumps(summary["decisions"]))}.</p>
 <h2>Stream processor</h2><pre>{html.escape(json.dumps(summary.get("stream", {}), indent=2))}</pre>
 <h2>Plots</h2>{"".join(_image(p) for p in plots if p.exists())}
+{"".join(sections)}
 </body></html>"""
     path.write_text(body)
     return path

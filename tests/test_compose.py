@@ -37,7 +37,10 @@ FRAUD_SERVICES = {
     "stream-processor", "scoring-service", "traffic-producer",
 }  # fmt: skip
 # Long-running services allowed to go without a healthcheck, and why. Nothing may wait for them to be healthy.
-NO_HEALTHCHECK = {"stream-processor": "a Kafka consumer with no endpoint to probe; Docker restarts it if it exits"}
+NO_HEALTHCHECK = {
+    "stream-processor": "a Kafka consumer with no endpoint to probe; Docker restarts it if it exits",
+    "recsys-stream-processor": "the same, for the recommendation features",
+}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?-|:?\?)[^}]*)?\}")
 REFERENCE_MARK = "<ref>"

@@ -106,15 +106,3 @@ def _time_then_id_order(times: np.ndarray, ids: np.ndarray) -> np.ndarray:
     # Tied rows fill contiguous runs of `spots`, so sorting them by (time, id) keeps each run in place.
     order[spots] = rows[np.lexsort((ranks, times[rows]))]
     return order
-
-
-def split_history_live(transactions: pd.DataFrame, live_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """History (for training and warming the stream state) and the last `live_days` calendar days (to replay)."""
-    if live_days < 1:
-        raise ValueError("live days must be at least 1")
-    timestamps = pd.to_datetime(transactions["timestamp"], utc=True)
-    cut = timestamps.max().floor("D") - pd.Timedelta(days=live_days - 1)
-    if cut <= timestamps.min():
-        raise ValueError(f"the file spans less than {live_days + 1} days; use fewer live days or a longer file")
-    live = (timestamps >= cut).to_numpy()
-    return transactions[~live], transactions[live]

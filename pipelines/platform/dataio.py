@@ -386,3 +386,15 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
             pa_csv.write_csv(table, stream)
     else:
         pa_csv.write_csv(table, str(path))
+
+
+def split_history_live(events: pd.DataFrame, live_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """History (for training and warming stream state) and the last `live_days` calendar days (to replay live)."""
+    if live_days < 1:
+        raise ValueError("live days must be at least 1")
+    timestamps = pd.to_datetime(events["timestamp"], utc=True)
+    cut = timestamps.max().floor("D") - pd.Timedelta(days=live_days - 1)
+    if cut <= timestamps.min():
+        raise ValueError(f"the file spans less than {live_days + 1} days; use fewer live days or a longer file")
+    live = (timestamps >= cut).to_numpy()
+    return events[~live], events[live]

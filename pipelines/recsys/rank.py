@@ -306,7 +306,8 @@ def ranking_features(
 
     rows = snapshot.items.reindex(pairs["item_id"])
     for name in ("item_events_1d", "item_events_7d", "item_events_30d", "item_weight_7d"):
-        out[name] = rows[name].fillna(0.0).to_numpy(dtype=np.float64)
+        counts = rows[name].to_numpy(dtype=np.float64)  # an item without a row had no events yet
+        out[name] = np.where(np.isnan(counts), 0.0, counts)
     first = np.fmin(rows["item_first_seen_epoch"].to_numpy(dtype=np.float64), arrays.created_epoch[item_codes])
     out["item_age_days"] = (snapshot.now - first) / DAY
     out["item_hours_since_last_event"] = (snapshot.now - rows["item_last_event_epoch"].to_numpy(np.float64)) / HOUR

@@ -78,6 +78,7 @@ def train_recsys(settings: Settings, interactions: pd.DataFrame, items: pd.DataF
             python_model=RecommenderModel(),
             artifacts={"recommender": str(folder)},
             input_example=pd.DataFrame({"user_id": [str(interactions["user_id"].iloc[0])], "k": [10]}),
+            pip_requirements=pinned_requirements(),
         )
         version = register_version(info.model_uri, MODEL_NAME, CHAMPION, tags={"training_run_id": run.info.run_id})
     return RecsysTrainReport(
@@ -88,6 +89,14 @@ def train_recsys(settings: Settings, interactions: pd.DataFrame, items: pd.DataF
         seconds={"total": time.perf_counter() - started, **recommender.timings},
         training_rows=len(data.frame),
     )
+
+
+def pinned_requirements() -> list[str]:
+    """What the pyfunc needs, pinned to the installed versions: MLflow would otherwise spend ~30 s inferring them."""
+    from importlib.metadata import version
+
+    names = ("mlflow", "xgboost", "scikit-learn", "faiss-cpu", "implicit", "numpy", "scipy", "pandas", "pyarrow")
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def load_champion_recommender(settings: Settings) -> Any:

@@ -51,3 +51,51 @@ def test_streamed_user_and_item_features_equal_the_backfill(kafka_settings):
     assert [list(v) for v in online["user_recent_items"]] == [list(v) for v in sample["user_recent_items"]]
     assert online["user_events_30d"].tolist() == sample["user_events_30d"].tolist()
     assert (online["item_first_seen_epoch"] == expected_items.loc["I1", "item_first_seen_epoch"]).all()
+
+
+def test_the_processor_started_with_history_seeds_the_online_store(kafka_settings, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    interactions, items = simulated(2000)
+    history, items_path = tmp_path / "history.parquet", tmp_path / "items.parquet"
+    interactions.to_parquet(history)
+    items.to_parquet(items_path)
+    env = {
+        **os.environ,
+        "MLSD_HOME": str(kafka_settings.home),
+        "MLSD_KAFKA_BOOTSTRAP": kafka_settings.kafka_bootstrap,
+        "MLSD_MLFLOW_TRACKING_URI": kafka_settings.mlflow_tracking_uri,
+    }
+    group = unique("seed")
+    skip_earlier_events(kafka_settings, group)  # other tests' events on the shared broker would move the rows
+    mlsd = Path(sys.executable).parent / "mlsd"
+    args = ["recsys", "stream", "--history", str(history), "--items", str(items_path), "--idle-stop", "2"]
+    done = subprocess.run([str(mlsd), *args, "--group", group], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    users, _ = backfill_features(interactions, items)
+    expected = latest_per_entity(users, "user_id").set_index("user_id").tail(20)
+    store = apply_feature_definitions(kafka_settings)
+    online = read_online(store, FEATURE_SERVICE, [{"user_id": u, "item_id": "I1"} for u in expected.index])
+    assert online["user_events_30d"].tolist() == expected["user_events_30d"].tolist()
+    assert [list(v) for v in online["user_recent_items"]] == [list(v) for v in expected["user_recent_items"]]
+
+
+def skip_earlier_events(settings, group: str) -> None:
+    """Commit the group's offsets at the current end of every topic the processor reads."""
+    import time
+
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = make_consumer(settings, list(SCHEMAS), group)
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=200)
+    partitions = [TopicPartition(t, p) for t in SCHEMAS for p in consumer.partitions_for_topic(t) or ()]
+    ends = consumer.end_offsets(partitions)
+    consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+    consumer.close()

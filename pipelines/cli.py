@@ -621,6 +621,15 @@ def recsys_evaluate(
     console.print(table)
     for row in result["candidate_recall"]:
         console.print(f"candidate recall@{row['n']} {row['generator']}: {row['recall']:.4f}")
+    if result.get("rerank_effects"):
+        effects = Table(title="each re-ranking switch on the ranker's lists")
+        for column in ("re-ranking", f"nDCG@{k}", f"recall@{k}", "coverage", "diversity"):
+            effects.add_column(column)
+        for row in result["rerank_effects"]:
+            effects.add_row(
+                row["config"], *(f"{row[key]:.4f}" for key in (f"ndcg@{k}", f"recall@{k}", "coverage", "diversity"))
+            )
+        console.print(effects)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2, default=str))

@@ -17,10 +17,22 @@ import pandas as pd
 
 from pipelines.platform.ranking import evaluate_rankings
 from pipelines.recsys.candidates import GENERATORS, CandidateConfig, CandidateModel, candidate_recall
-from pipelines.recsys.rerank import RerankConfig, created_seconds, rerank_all
+from pipelines.recsys.rerank import RerankConfig, created_seconds, measure_effects, rerank_all
 from pipelines.recsys.splits import SplitMethod, seen_items, split_interactions, test_relevance
 
 Progress = Callable[[str], None]
+
+# Each re-ranking switch on its own, against the ranker's order with only seen items removed ("none").
+RERANK_VARIANTS = {
+    "none (seen items removed)": RerankConfig(diversity="none"),
+    "MMR λ 0.8": RerankConfig(diversity="mmr", mmr_lambda=0.8),
+    "MMR λ 0.9": RerankConfig(diversity="mmr", mmr_lambda=0.9),
+    "MMR λ 0.95": RerankConfig(diversity="mmr", mmr_lambda=0.95),
+    "category cap 3": RerankConfig(diversity="category_cap", category_cap=3),
+    "category cap 5": RerankConfig(diversity="category_cap", category_cap=5),
+    "freshness ×1.2 (7 days)": RerankConfig(diversity="none", freshness_boost=1.2),
+    "default (MMR λ 0.9)": RerankConfig(),
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ def evaluate_pipeline(
         name = "popularity baseline" if generator == "popular" else f"{generator} alone"
         rows.append(_row(name, "candidates", report, time.perf_counter() - clock))
 
+    rerank_effects: list[dict[str, Any]] = []
     say("merging candidates")
     clock = time.perf_counter()
     merged = model.generate_candidates(users, config.candidates, exclude_seen=True)
@@ -103,21 +116,22 @@ def evaluate_pipeline(
         rows.append(_row("ranker", "ranking", report, time.perf_counter() - clock))
         clock = time.perf_counter()
         now = float(pd.to_datetime(train["timestamp"], utc=True).max().timestamp())
+        created = created_seconds(items) if items is not None and "created_at" in items else None
         reranked = rerank_all(
-            ranked,
-            config.k,
-            RerankConfig(),
-            seen=seen,
-            item_category=categories or {},
-            item_created=created_seconds(items) if items is not None and "created_at" in items else None,
-            now=now,
+            ranked, config.k, RerankConfig(), seen=seen, item_category=categories or {}, item_created=created, now=now
         )
         final = {user: [item for item, _, _ in found] for user, found in reranked.items()}
         report = evaluate_rankings(final, relevant, config.k, catalogue_size, categories)
         rows.append(_row("full pipeline (ranker + re-ranking)", "re-ranking", report, time.perf_counter() - clock))
+        say("measuring each re-ranking switch")
+        effects = measure_effects(
+            ranked, relevant, config.k, categories or {}, catalogue_size, RERANK_VARIANTS, seen, created, now
+        )
+        rerank_effects = [{str(k): v for k, v in row.items()} for row in effects.reset_index().to_dict("records")]
 
     timings["total"] = time.perf_counter() - started
     return {
+        "rerank_effects": rerank_effects,
         "config": asdict(config),
         "train_rows": len(train),
         "test_rows": len(test),

@@ -53,7 +53,8 @@ class RerankConfig:
 
     remove_seen: bool = True
     diversity: Diversity = "mmr"
-    mmr_lambda: float = 0.8  # 1 = relevance only, 0 = novelty only
+    # 1 = relevance only, 0 = novelty only. 0.9 measured: nDCG@10 −3 % for diversity 0.77 → 0.90 (0.8: −11 %).
+    mmr_lambda: float = 0.9
     category_cap: int = 3  # most items of one category in the top-k (diversity="category_cap")
     freshness_boost: float = 1.0  # score multiplier for items younger than freshness_days; 1 switches it off
     freshness_days: float = 7.0

@@ -38,3 +38,14 @@ def test_the_ranker_beats_popularity_and_re_ranking_buys_diversity(result):
     assert rows["full pipeline (ranker + re-ranking)"]["diversity"] >= rows["ranker"]["diversity"]
     merged = next(r for r in result["candidate_recall"] if r["generator"] == "merged")
     assert merged["recall"] >= max(r["recall"] for r in result["candidate_recall"] if r["generator"] != "merged")
+
+
+def test_each_re_ranking_switch_is_measured_against_the_ranker(result):
+    effects = {row["config"]: row for row in result["rerank_effects"]}
+    rows = {row["model"]: row for row in result["rows"]}
+    assert {"none (seen items removed)", "MMR λ 0.8", "category cap 3", "freshness ×1.2 (7 days)"} <= set(effects)
+    # Without a diversity switch the lists are the ranker's own (its candidates never hold seen items).
+    assert effects["none (seen items removed)"]["ndcg@10"] == pytest.approx(rows["ranker"]["ndcg"])
+    default = next(row for name, row in effects.items() if name.startswith("default"))
+    assert default["ndcg@10"] == pytest.approx(rows["full pipeline (ranker + re-ranking)"]["ndcg"])
+    assert effects["MMR λ 0.8"]["diversity"] >= effects["MMR λ 0.95"]["diversity"]

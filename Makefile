@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed  ## create .venv from uv.lock
 
-demo: install  ## the fraud loop end to end on the embedded stack
+demo: install  ## every design end to end on the embedded stack
 	$(MLSD) demo
 
 test: install  ## unit, integration (embedded broker, Feast, MLflow, Redis, PostgreSQL) and end-to-end tests

@@ -11,12 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.monitoring.deploy_cli import deploy_app
+from pipelines.monitoring.registry_cli import registry_app
 from pipelines.platform.stream import ServiceUnavailable as ServiceUnavailableError
 from pipelines.settings import Settings
 
@@ -38,6 +40,8 @@ app.add_typer(fraud_app, name="fraud")
 app.add_typer(recsys_app, name="recsys")
 app.add_typer(loadtest_app, name="loadtest")
 app.add_typer(infra_app, name="infra")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(registry_app, name="registry")
 
 # Piped output (CI, `make demo | tee`) gets a wide fixed width so tables keep their columns.
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -194,6 +198,7 @@ def fraud_stream(
     idle_stop: Annotated[float | None, typer.Option(help="Stop after this many seconds without events")] = None,
     max_events: Annotated[int | None, typer.Option(help="Stop after this many events")] = None,
     json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics and /healthz here")] = None,
 ) -> None:
     """Consume transactions and chargebacks, compute features, push to Feast online + offline, commit after."""
     from pipelines.fraud.data import read_transactions
@@ -226,6 +231,7 @@ def fraud_stream(
             "duplicates": sink.stats.duplicates,
             "freshness_ms": percentile_summary(sink.stats.freshness_ms),
         },
+        metrics_port,
     )
 
 
@@ -239,31 +245,46 @@ def run_feature_processor(
     max_events: int | None,
     json_out: Path | None,
     sink_figures: Any,
+    metrics_port: int | None = None,
 ) -> None:
-    """A design's feature processor on the platform loop, with progress lines and a JSON summary at the end."""
-    from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
+    """A design's feature processor on the platform loop, with progress lines and a JSON summary at the end.
 
-    consumer = make_consumer(s, list(schemas), group)
-    producer = make_producer(s)
-    console.print(f"{design} feature processor consuming {', '.join(schemas)} (group {group}); Ctrl-C stops it")
+    With `metrics_port`, Prometheus metrics (processor label = design) and /healthz are served while it runs.
+    """
+    from contextlib import ExitStack
+
+    from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
 
     def report(stats, _size):  # type: ignore[no-untyped-def]
         if stats.batches % 20 == 0:
             console.print(f"{stats.processed:,} events, {stats.dead_lettered:,} dead-lettered, {stats.rate:,.0f}/s")
 
-    stats = run_micro_batches(
-        consumer,
-        producer,
-        schemas,
-        sink,
-        s.stream_batch_size,
-        s.stream_batch_ms,
-        idle_stop_s=idle_stop,
-        max_events=max_events,
-        on_batch=report,
-    )
-    consumer.close()
-    producer.close()
+    with ExitStack() as cleanup:  # closes, last opened first: producer, consumer, metrics endpoint
+        metrics = None
+        if metrics_port is not None:
+            from pipelines.platform.metrics import StreamMetrics, start_metrics_server
+
+            metrics = StreamMetrics(design, lag_every=s.stream_lag_every)
+            server = start_metrics_server(metrics_port, metrics.registry, s.metrics_host, health=metrics.health)
+            cleanup.callback(server.stop)
+            console.print(f"metrics on {server.url}/metrics, health on {server.url}/healthz")
+        consumer = make_consumer(s, list(schemas), group)
+        cleanup.callback(consumer.close)
+        producer = make_producer(s)
+        cleanup.callback(producer.close)
+        console.print(f"{design} feature processor consuming {', '.join(schemas)} (group {group}); Ctrl-C stops it")
+        stats = run_micro_batches(
+            consumer,
+            producer,
+            schemas,
+            sink,
+            s.stream_batch_size,
+            s.stream_batch_ms,
+            idle_stop_s=idle_stop,
+            max_events=max_events,
+            on_batch=report,
+            metrics=metrics,
+        )
     result = {
         "events": stats.processed,
         "dead_lettered": stats.dead_lettered,
@@ -283,6 +304,9 @@ def fraud_train(
     transactions: Annotated[Path, typer.Option(help="Transaction file (.parquet or .csv)")],
     backfill: Annotated[bool, typer.Option(help="Rebuild the offline/online feature rows from this file first")] = True,
     json_out: Annotated[Path | None, typer.Option(help="Write the comparison here")] = None,
+    alias: Annotated[
+        Literal["champion", "challenger"], typer.Option(help="challenger: leave it to `mlsd registry promote`")
+    ] = "champion",
 ) -> None:
     """Train XGBoost with four imbalance strategies on Feast point-in-time features; register the best."""
     from pipelines.fraud.data import read_transactions
@@ -292,7 +316,7 @@ def fraud_train(
     from pipelines.fraud.train import train_fraud  # heavy imports only once the file is known to be good
 
     with console.status("training") as spinner:
-        report = train_fraud(s, frame, backfill=backfill, progress=lambda m: spinner.update(m))
+        report = train_fraud(s, frame, backfill=backfill, progress=lambda m: spinner.update(m), alias=alias)
     print_strategy_table(report)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +352,7 @@ def print_strategy_table(report) -> None:  # type: ignore[no-untyped-def]
         )
     console.print(table)
     console.print(
-        f"registered fraud-xgboost v{report.model_version} ({report.best_strategy}) as champion; "
+        f"registered fraud-xgboost v{report.model_version} ({report.best_strategy}) as {report.alias}; "
         f"threshold {report.threshold:.3f}; timings {json.dumps({k: round(v, 1) for k, v in report.seconds.items()})}"
     )
 
@@ -382,11 +406,18 @@ def fraud_backtest(
 def fraud_serve(
     port: Annotated[int | None, typer.Option(help="Port (default MLSD_FRAUD_SERVICE_PORT)")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    mode: Annotated[str | None, typer.Option(help="off | shadow | canary (default MLSD_SERVING_MODE)")] = None,
+    canary_share: Annotated[float | None, typer.Option(help="Challenger share in canary (MLSD_CANARY_SHARE)")] = None,
 ) -> None:
-    """Serve the champion model with BentoML: POST /score, /readyz, /livez, OpenAPI at /docs."""
+    """Serve the champion model with BentoML: POST /score, /model, /metrics, /readyz, /livez, OpenAPI at /docs."""
     from pipelines.platform.infra import require_free_port
     from pipelines.platform.registry import connect_mlflow, load_alias
 
+    # Deployment options reach the service's workers as MLSD_* variables; reading Settings validates them here.
+    if mode is not None:
+        os.environ["MLSD_SERVING_MODE"] = mode
+    if canary_share is not None:
+        os.environ["MLSD_CANARY_SHARE"] = str(canary_share)
     s = settings()
     port = port or s.fraud_service_port
     require_free_port(port, "the fraud scoring service", "MLSD_FRAUD_SERVICE_PORT")
@@ -448,9 +479,7 @@ def recsys_simulate(
 def recsys_split(
     interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],
     live_days: Annotated[int, typer.Option(help="Last calendar days that go to the live file")] = 1,
-    history_out: Annotated[Path, typer.Option(help="Where the history goes")] = Path(
-        ".mlsd/data/interactions.parquet"
-    ),
+    history_out: Annotated[Path, typer.Option(help="Where the history goes")] = Path(".mlsd/data/interactions.parquet"),
     live_out: Annotated[Path, typer.Option(help="Where the live days go")] = Path(
         ".mlsd/data/interactions_live.parquet"
     ),
@@ -495,6 +524,7 @@ def recsys_stream(
     group: Annotated[str, typer.Option(help="Consumer group id")] = "recsys-features",
     idle_stop: Annotated[float | None, typer.Option(help="Stop after this many seconds without events")] = None,
     json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics and /healthz here")] = None,
 ) -> None:
     """Consume interactions and items, update user/item features in Feast online + offline, commit after."""
     from feature_repo.recsys import ITEM_VIEW, USER_VIEW
@@ -532,6 +562,7 @@ def recsys_stream(
             "items": sink.stats.items,
             "freshness_ms": percentile_summary(sink.stats.freshness_ms),
         },
+        metrics_port,
     )
 
 
@@ -539,6 +570,9 @@ def recsys_stream(
 def recsys_train(
     interactions: Annotated[Path, typer.Option(help="Interactions file (.parquet or .csv)")],
     items: Annotated[Path | None, typer.Option(help="Items file (categories, creation times, prices)")] = None,
+    alias: Annotated[
+        Literal["champion", "challenger"], typer.Option(help="challenger: leave it to `mlsd registry promote`")
+    ] = "champion",
 ) -> None:
     """Train candidates + XGBoost ranker on all interactions; register `recsys-ranker@champion` in MLflow."""
     from pipelines.recsys.data import read_interactions, read_items
@@ -549,9 +583,9 @@ def recsys_train(
     from pipelines.recsys.train import train_recsys
 
     with console.status("training the candidate generators and the ranker"):
-        report = train_recsys(s, frame, catalogue)
+        report = train_recsys(s, frame, catalogue, alias=alias)
     console.print(
-        f"registered recsys-ranker v{report.model_version} as champion: {report.interactions:,} interactions, "
+        f"registered recsys-ranker v{report.model_version} as {report.alias}: {report.interactions:,} interactions, "
         f"{report.training_rows:,} ranker rows, {report.seconds['total']:.1f} s"
     )
 
@@ -701,6 +735,59 @@ def drive_service(
     write_json(result, out_dir / f"{name}.json")
     plot = save_latency_histogram(result, out_dir / f"{name}.png", f"{design} {target} at {rps:.0f} req/s")
     console.print(f"wrote {out_dir / f'{name}.json'} and {plot}")
+
+
+# ---------------------------------------------------------------- monitor
+
+
+@app.command("monitor")
+def monitor(
+    design: Annotated[Literal["fraud", "recsys"], typer.Option(help="Which design's prediction log")] = "fraud",
+    window_size: Annotated[
+        int | None, typer.Option(help="Served predictions per window (default MLSD_MONITOR_WINDOW_SIZE)")
+    ] = None,
+    max_windows: Annotated[
+        int | None, typer.Option(help="Stop after this many windows, once their labels have matured")
+    ] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds without records")] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning/--latest", help="Read the whole log, or only new records")
+    ] = True,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus gauges on this port")] = None,
+    json_out: Annotated[Path | None, typer.Option(help="Write every window's results here")] = None,
+) -> None:
+    """Watch `<design>.predictions`: drift, data quality and delayed-label performance per window; alerts on Kafka."""
+    from pipelines.monitoring.monitor import run_monitor, window_rows
+
+    s = settings()
+    if window_size is not None and window_size < 2:
+        fail(f"--window-size must be at least 2 records, got {window_size}.")
+    reports = s.reports_dir / "monitoring" / design
+    console.print(f"monitoring {design}.predictions; reports in {reports}; Ctrl-C stops it")
+
+    def closed(result):  # type: ignore[no-untyped-def]
+        alerts = ", ".join(dict.fromkeys(result.kinds)) or "none"
+        console.print(f"window {result.window}: {result.rows:,} records, alerts: {alerts}", markup=False)
+
+    def matured(result):  # type: ignore[no-untyped-def]
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in (result.performance or {}).items() if isinstance(v, float))
+        console.print(f"window {result.window} labels matured: {figures}", markup=False)
+
+    run = run_monitor(s, design, window_size, max_windows, idle_timeout, from_beginning, metrics_port, closed, matured)
+    rows = window_rows(run)
+    table = Table(title=f"{design} monitor: {len(rows)} windows from {run.served_records:,} served records")
+    for column in rows[0] if rows else ["window"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    console.print(table)
+    console.print(
+        f"{run.alerts_published} alert(s) published on monitoring.alerts; {run.shadow_records:,} shadow records "
+        f"kept out of drift; windows awaiting labels: {run.pending or 'none'}; summary in {reports}/summary.jsonl"
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(run.to_dict(), indent=2, default=str))
 
 
 # ---------------------------------------------------------------- infra roles

@@ -6,6 +6,7 @@ It is created once in an entry point and passed down; nothing in the package rea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,13 @@ class Settings(BaseSettings):
         default=30.0, description="How often /recommend re-reads the catalogue's item features (0: never)"
     )
 
+    # Deployment: how a service uses the registry aliases (pipelines/platform/deployment.py)
+    serving_mode: Literal["off", "shadow", "canary"] = Field(
+        default="off", description="off: champion only; shadow: challenger scores silently; canary: share served"
+    )
+    canary_share: float = Field(default=0.1, ge=0.0, le=1.0, description="Share of keys the challenger serves")
+    model_refresh_seconds: float = Field(default=5.0, gt=0, description="How often services check the aliases")
+
     # Fraud design knobs
     fraud_label_delay_days: int = 7
     fraud_cost_missed_fraud: float = 100.0
@@ -52,9 +60,30 @@ class Settings(BaseSettings):
     fraud_blocklist: list[str] = Field(default_factory=list)
     fraud_smote_ratio: float = 0.1
 
+    # Promotion gate (pipelines/monitoring/gate.py): challenger vs champion on the same recent holdout
+    gate_min_improvement: float = Field(default=0.0, description="Absolute metric gain a challenger must reach")
+    gate_holdout_days: float = Field(default=7.0, gt=0, description="Fraud: latest days of labelled transactions")
+    gate_holdout_frac: float = Field(default=0.2, gt=0, lt=1, description="Recsys: latest share of interactions")
+
+    # Monitor (pipelines/monitoring/monitor.py): windows, label joins, performance decay
+    monitor_window_size: int = Field(default=5000, ge=2, description="Served predictions per drift window")
+    monitor_fraud_k: int = Field(default=50, ge=1, description="Fraud: precision among a window's k top scores")
+    monitor_recsys_k: int = Field(default=10, ge=1, description="Recsys: cut-off of the ranking metrics")
+    monitor_recsys_horizon_hours: float = Field(default=24.0, gt=0, description="Recsys: how long a hit may take")
+    monitor_max_performance_drop: float = Field(
+        default=0.3, gt=0, lt=1, description="Relative drop of the main metric that raises performance_decay"
+    )
+    monitor_performance_windows: int = Field(default=6, ge=1, description="Matured windows pooled to judge decay")
+
     # Stream processors
     stream_batch_size: int = 5000
     stream_batch_ms: int = 250
+
+    # Metrics (pipelines/platform/metrics.py): the stream processors' Prometheus endpoints (`--metrics-port`)
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Interface the /metrics endpoints listen on (0.0.0.0 in containers)"
+    )
+    stream_lag_every: int = Field(default=10, ge=1, description="Batches between two consumer-lag look-ups")
 
     @field_validator("feast_online_store")
     @classmethod

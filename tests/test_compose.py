@@ -7,6 +7,7 @@ against Settings, and the common settings block is validated by Settings itself.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -30,22 +31,35 @@ DOCKERFILE = ROOT / "infra" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 TOPICS_FILE = ROOT / "infra" / "kafka-topics.txt"
+PROMETHEUS_FILE = ROOT / "infra" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "infra" / "grafana"
 
 ENV_PREFIX = "MLSD_"
 FRAUD_SERVICES = {
     "kafka", "redis", "postgres", "mlflow", "init-topics", "init-feast", "simulator", "trainer",
     "stream-processor", "scoring-service", "traffic-producer",
 }  # fmt: skip
+MONITORING_SERVICES = {"fraud-monitor", "prometheus", "grafana"}
+# BentoML 1.4's own HTTP series (RunnerTrafficMetricsMiddleware; prefixed with the configured metrics namespace).
+BENTOML_SERIES = {
+    "request_duration_seconds": "histogram", "request_total": "counter", "request_in_progress": "gauge",
+    "last_request_timestamp_seconds": "gauge",
+}  # fmt: skip
 # Long-running services allowed to go without a healthcheck, and why. Nothing may wait for them to be healthy.
-NO_HEALTHCHECK = {
-    "stream-processor": "a Kafka consumer with no endpoint to probe; Docker restarts it if it exits",
-    "recsys-stream-processor": "the same, for the recommendation features",
-}
+# None today: the stream processors answer /healthz on their metrics port.
+NO_HEALTHCHECK: dict[str, str] = {}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?-|:?\?)[^}]*)?\}")
 REFERENCE_MARK = "<ref>"
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:(?P<password>[^@\s]+)@")
 _REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
+# PromQL pieces that are not metric names: strings, label matchers, ranges, Grafana variables, grouping lists.
+_PROMQL_NOT_NAMES = re.compile(
+    r'\{(?:"(?:[^"\\]|\\.)*"|[^}"])*\}|"(?:[^"\\]|\\.)*"|\[[^\]]*\]|\$\w+'
+    r"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+)
+_PROMQL_WORD = re.compile(r"\b[A-Za-z_][A-Za-z0-9_:]*\b(?!\s*\()")  # not followed by "(": not a function
+_PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right"}
 _BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?", re.DOTALL)
 
 
@@ -173,6 +187,43 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return result
 
 
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads."""
+    words = _PROMQL_WORD.findall(_PROMQL_NOT_NAMES.sub(" ", expr))
+    return {word for word in words if word not in _PROMQL_KEYWORDS}
+
+
+def exposed_names(registry: Any) -> set[str]:
+    """The series names a prometheus_client registry exposes (counters with _total, histograms with their parts)."""
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}{part}" for part in ("_bucket", "_sum", "_count")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def listening_ports(service: Mapping[str, Any]) -> set[int]:
+    """Ports a service listens on inside the compose network: its published container ports and `--metrics-port`."""
+    ports = {int(interpolate(str(port)).rsplit(":", 1)[1]) for port in service.get("ports", [])}
+    if is_project(service) and (metrics_port := resolve_mlsd(command(service)).params.get("metrics_port")):
+        ports.add(int(metrics_port))
+    return ports
+
+
+def bind_mounts(service: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Bind mounts of a service as {repository path: (container path, options)}."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *options = volume.split(":")
+        if source.startswith("./"):
+            mounts[source[2:]] = (target, ",".join(options))
+    return mounts
+
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -193,7 +244,7 @@ def project(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def common_settings(compose: dict[str, Any]) -> Settings:
-    return Settings(_env_file=None, **settings_fields(common_settings_env(compose)))  # type: ignore[call-arg]
+    return Settings(_env_file=None, **settings_fields(common_settings_env(compose)))  # type: ignore[call-arg,arg-type]
 
 
 # ---------------------------------------------------------------- the interpolation helper itself
@@ -213,6 +264,7 @@ def test_interpolation_follows_compose_rules() -> None:
 
 def test_the_fraud_design_services_are_all_there(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) >= FRAUD_SERVICES, f"missing: {sorted(FRAUD_SERVICES - set(services))}"
+    assert set(services) >= MONITORING_SERVICES, f"missing: {sorted(MONITORING_SERVICES - set(services))}"
 
 
 def test_project_services_share_one_image_built_from_infra(project: dict[str, dict[str, Any]]) -> None:
@@ -300,10 +352,17 @@ def test_every_mlsd_variable_is_a_settings_field() -> None:
     assert Settings.model_config["env_prefix"] == ENV_PREFIX
 
 
+def test_env_example_lists_every_variable_the_compose_file_reads() -> None:
+    read = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_FILE.read_text()))
+    listed = set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert read <= listed, f".env.example does not list {sorted(read - listed)}"
+    assert {name for name in read if name.endswith("_HOST_PORT")} >= {"PROMETHEUS_HOST_PORT", "GRAFANA_HOST_PORT"}
+
+
 def test_common_settings_validate_and_point_at_the_compose_services(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
-    s = Settings(_env_file=None, **settings_fields(common_settings_env(compose)))  # type: ignore[call-arg]
+    s = Settings(_env_file=None, **settings_fields(common_settings_env(compose)))  # type: ignore[call-arg,arg-type]
     assert s.kafka_embedded is False
     assert s.kafka_bootstrap == "kafka:9092"
     assert s.feast_online_store == "redis"
@@ -416,7 +475,167 @@ def test_one_shots_run_in_order(services: dict[str, dict[str, Any]]) -> None:
     assert {"simulator", "init-topics", "stream-processor"} <= waits_for("traffic-producer")
 
 
-# ---------------------------------------------------------------- secrets
+# ---------------------------------------------------------------- metrics: Prometheus, Grafana, /metrics endpoints
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    return yaml.safe_load(PROMETHEUS_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def datasource() -> dict[str, Any]:
+    provisioned = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = provisioned["datasources"]
+    return source
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> dict[str, dict[str, Any]]:
+    files = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+    assert files, "infra/grafana/dashboards holds no dashboard"
+    return {path.name: json.loads(path.read_text()) for path in files}
+
+
+@pytest.fixture(scope="module")
+def known_metrics() -> set[str]:
+    """Every series the stack exposes: the project's registries as the code builds them, BentoML's, Prometheus's."""
+    import inspect
+
+    import bentoml
+    import prometheus_client
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    from pipelines.monitoring.monitor import MonitorMetrics
+    from pipelines.platform.deployment import DeploymentMetrics
+    from pipelines.platform.metrics import StreamMetrics
+
+    deployment = prometheus_client.CollectorRegistry()
+    DeploymentMetrics("fraud", prometheus_client, registry=deployment)
+    ours = exposed_names(StreamMetrics("fraud").registry) | exposed_names(MonitorMetrics().registry)
+    ours |= exposed_names(deployment)
+    # BentoML 1.4 services: RunnerTrafficMetricsMiddleware's series under the namespace of the default configuration.
+    config = Path(bentoml.__file__).parent / "_internal" / "configuration" / "v2" / "default_configuration.yaml"
+    namespace = yaml.safe_load(config.read_text())["services"]["metrics"]["namespace"]
+    source = inspect.getsource(RunnerTrafficMetricsMiddleware)
+    bento = set()
+    for name, kind in BENTOML_SERIES.items():
+        assert f'name="{name}"' in source, f"BentoML no longer exposes {name}"
+        if kind == "histogram":
+            bento |= {f"{namespace}_{name}{part}" for part in ("_bucket", "_sum", "_count")}
+        elif kind == "counter":  # a counter's series ends in _total whether or not its name does
+            bento.add(f"{namespace}_{name.removesuffix('_total')}_total")
+        else:
+            bento.add(f"{namespace}_{name}")
+    return ours | bento | {"up", "scrape_duration_seconds"}
+
+
+def test_metrics_endpoints_listen_on_every_interface_and_stream_processors_are_probed_there(
+    common_settings: Settings, services: dict[str, dict[str, Any]]
+) -> None:
+    assert common_settings.metrics_host == "0.0.0.0", "prometheus scrapes from another container"
+    for name in ("stream-processor", "recsys-stream-processor"):
+        port = resolve_mlsd(command(services[name])).params["metrics_port"]
+        assert port, f"{name} serves no metrics"
+        assert f"127.0.0.1:{port}/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
+    monitor = resolve_mlsd(command(services["fraud-monitor"]))
+    assert monitor.params["design"] == "fraud" and monitor.params["metrics_port"]
+    assert f"127.0.0.1:{monitor.params['metrics_port']}/" in " ".join(services["fraud-monitor"]["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_every_metrics_endpoint_by_service_name_and_port(
+    prometheus_config: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    scraped: dict[str, int] = {}
+    for job in prometheus_config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+        for target in (t for group in job["static_configs"] for t in group["targets"]):
+            host, _, port = target.rpartition(":")
+            assert host in services, f"{job['job_name']} scrapes {host}, which is not a compose service"
+            assert int(port) in listening_ports(services[host]), f"{host} does not listen on {port}"
+            assert job["job_name"] == host, "one job per service, named after it: the dashboard groups by job"
+            scraped[host] = int(port)
+    serving = {
+        name for name, service in services.items() if command(service)[1:3] in (["fraud", "serve"], ["recsys", "serve"])
+    }
+    with_metrics_port = {name for name, service in services.items() if "--metrics-port" in command(service)}
+    expected = serving | with_metrics_port | {"prometheus"}
+    assert serving == {"scoring-service", "recommend-service"}
+    assert expected <= set(scraped), f"not scraped: {sorted(expected - set(scraped))}"
+
+
+def test_prometheus_and_grafana_read_their_files_from_infra(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    config_flag = next(arg for arg in command(prometheus) if arg.startswith("--config.file="))
+    assert bind_mounts(prometheus)["infra/prometheus.yml"] == (config_flag.partition("=")[2], "ro")
+    grafana = bind_mounts(services["grafana"])
+    assert grafana["infra/grafana/provisioning"] == ("/etc/grafana/provisioning", "ro")
+    dashboards_target, options = grafana["infra/grafana/dashboards"]
+    assert options == "ro"
+    provider = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "mlsd.yml").read_text())
+    assert [p["options"]["path"] for p in provider["providers"]] == [dashboards_target]
+    home = environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dashboards_target + "/")
+    assert (GRAFANA_DIR / "dashboards" / home.removeprefix(dashboards_target + "/")).is_file(), home
+    assert depends_on(services["grafana"]) == {"prometheus": {"condition": "service_healthy"}}
+
+
+def test_grafana_provisions_the_compose_prometheus(datasource: dict[str, Any], services: dict[str, Any]) -> None:
+    assert datasource["type"] == "prometheus" and datasource["uid"] and datasource.get("isDefault") is True
+    url = urlsplit(datasource["url"])
+    assert url.hostname in services and url.port in listening_ports(services[url.hostname]), datasource["url"]
+    assert services[url.hostname]["image"].startswith("prom/prometheus:")
+
+
+def test_dashboard_panels_are_laid_out_and_query_the_provisioned_datasource(
+    dashboards: dict[str, dict[str, Any]], datasource: dict[str, Any]
+) -> None:
+    for file, dashboard in dashboards.items():
+        assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int), file
+        panels = dashboard["panels"]
+        assert len({panel["id"] for panel in panels}) == len(panels), f"{file}: panel ids repeat"
+        cells: set[tuple[int, int]] = set()
+        for panel in panels:
+            grid = panel["gridPos"]
+            assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, f"{file}: {panel['title']}"
+            taken = {
+                (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+            }
+            assert not taken & cells, f"{file}: {panel['title']} overlaps another panel"
+            cells |= taken
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"] == {"type": "prometheus", "uid": datasource["uid"]}, panel["title"]
+            targets = panel["targets"]
+            assert targets and all(target["expr"].strip() for target in targets), f"{panel['title']} has no query"
+            assert len({target["refId"] for target in targets}) == len(targets), panel["title"]
+            assert all(target["datasource"]["uid"] == datasource["uid"] for target in targets), panel["title"]
+
+
+def test_dashboard_queries_name_only_series_the_stack_exposes(
+    dashboards: dict[str, dict[str, Any]], known_metrics: set[str]
+) -> None:
+    queried: set[str] = set()
+    for file, dashboard in dashboards.items():
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                names = metric_names(target["expr"])
+                assert names, f"{file}: {panel['title']}: no metric in {target['expr']!r}"
+                unknown = names - known_metrics
+                assert not unknown, f"{file}: {panel['title']} queries {sorted(unknown)}, which nothing exposes"
+                queried |= names
+    overview = {"bentoml_service_request_total", "bentoml_service_request_duration_seconds_bucket"}
+    overview |= {name for name in known_metrics if name.startswith("mlsd_") and not name.endswith(("_sum", "_count"))}
+    assert overview <= queried, f"the dashboards show nothing of {sorted(overview - queried)}"
+
+
+def test_the_promql_name_reader() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (job, le) (rate(a_bucket{code=~"5..", x="b{c}"}[$__rate_interval]))) '
+        "/ ignoring (x) group_left b_total offset 5m and time() - max without (le) (c) > bool 1"
+        ' + label_replace(d, "dst", "$1", "src", "(.*)")'
+    )
+    assert metric_names(expr) == {"a_bucket", "b_total", "c", "d"}
 
 
 def test_no_literal_secrets(compose: dict[str, Any]) -> None:

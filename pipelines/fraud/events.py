@@ -7,17 +7,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipelines.platform.predictions import Variant
+
 TRANSACTIONS_TOPIC = "fraud.transactions"
 LABELS_TOPIC = "fraud.labels"
-DECISIONS_TOPIC = "fraud.decisions"
 DLQ_SUFFIX = ".dlq"
 TOPICS = (
     TRANSACTIONS_TOPIC,
     TRANSACTIONS_TOPIC + DLQ_SUFFIX,
     LABELS_TOPIC,
     LABELS_TOPIC + DLQ_SUFFIX,
-    DECISIONS_TOPIC,
 )
+# Decisions are logged as prediction records on `fraud.predictions` (pipelines/platform/predictions.py).
 
 
 def _utc(value: datetime) -> datetime:
@@ -54,10 +55,14 @@ class LabelEvent(BaseModel):
 
 
 class Decision(BaseModel):
+    """The response of /score; `request_id` finds its record (and its shadow's) on `fraud.predictions`."""
+
     transaction_id: str
     decision: Literal["approve", "review", "decline"]
     score: float
     model_version: str
+    variant: Variant = "champion"  # "challenger" when a canary share served this customer
+    request_id: str = ""
     reasons: list[str]
     rule: str | None = None
     latency_ms: float

@@ -1,4 +1,8 @@
-"""Scoring one transaction: online features from Feast → champion model → rules → decision on Kafka.
+"""Scoring one transaction: online features from Feast → model → rules → decision, logged on `fraud.predictions`.
+
+Which model answers is the platform's business (`pipelines.platform.deployment`): the champion, a canary share of
+customers on the challenger, or the champion with the challenger in the shadow — the shadow reuses the feature
+row already read, so it costs one more tree walk, no Feast read. Both slots follow their registry aliases.
 
 The BentoML service in `services/fraud/service.py` is a thin shell around `FraudScorer`; keeping the logic here
 lets tests and benchmarks call it without HTTP.
@@ -8,42 +12,113 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from feature_repo.fraud import CUSTOMER_FEATURES, FEATURE_SERVICE, TERMINAL_FEATURES
-from pipelines.fraud.events import DECISIONS_TOPIC, Decision, TransactionEvent
+from pipelines.fraud.events import Decision, TransactionEvent
 from pipelines.fraud.features import MODEL_FEATURES, STORED_MODEL_FEATURES, request_features
-from pipelines.fraud.rules import RulesConfig, decide
+from pipelines.fraud.rules import Outcome, RulesConfig, decide
 from pipelines.fraud.train import MODEL_NAME
+from pipelines.platform.deployment import (
+    CHALLENGER,
+    Deployment,
+    DeploymentMetrics,
+    PredictionLogger,
+    ServingModel,
+    defer_to_event_loop,
+)
 from pipelines.platform.features import open_feature_store
-from pipelines.platform.registry import CHAMPION, connect_mlflow, load_alias
-from pipelines.platform.stream import encode, make_producer
+from pipelines.platform.predictions import PredictionRecord, Variant
+from pipelines.platform.registry import connect_mlflow, load_alias
 from pipelines.settings import Settings
 
 STORED = CUSTOMER_FEATURES + TERMINAL_FEATURES
+COMPUTED_MODEL_FEATURES = MODEL_FEATURES[: len(MODEL_FEATURES) - len(STORED_MODEL_FEATURES)]
 TOP_REASONS = 3
 
 
+@dataclass(frozen=True)
+class FraudModel:
+    """A booster ready for one-row predictions and the rules tuned to its threshold."""
+
+    booster: Any
+    rules: RulesConfig
+
+    def decide(self, matrix: np.ndarray, transaction: TransactionEvent) -> tuple[float, Outcome, str]:
+        score = float(self.booster.inplace_predict(matrix)[0])
+        outcome, rule = decide(score, transaction.amount, transaction.customer_id, transaction.terminal_id, self.rules)
+        return score, outcome, rule
+
+
+def load_fraud_model(settings: Settings, alias: str) -> ServingModel[FraudModel]:
+    """The design's loader for the platform watcher: registry → checked, single-threaded booster + rules."""
+    loaded = load_alias(MODEL_NAME, alias)
+    booster = loaded.model.get_booster()
+    # One request is one row: a second OpenMP thread only adds spin-waiting next to the server's threads.
+    booster.set_param({"nthread": 1})
+    features = json.loads(loaded.tags.get("features", json.dumps(MODEL_FEATURES)))
+    if features != MODEL_FEATURES:
+        raise ValueError(
+            f"{MODEL_NAME} v{loaded.version} was trained on other features than this code computes; retrain it."
+        )
+    threshold = float(loaded.tags.get("threshold", "0.5"))
+    # XGBoost sets up its predictor on the first call: pay for it here, in the loading thread, not in a request.
+    warm = np.zeros((1, len(MODEL_FEATURES)), dtype=np.float32)
+    booster.inplace_predict(warm)
+    FraudScorer.reasons(booster, warm)
+    return ServingModel(
+        MODEL_NAME,
+        loaded.version,
+        FraudModel(booster, RulesConfig.from_settings(settings, threshold)),
+        info={"threshold": threshold, "strategy": loaded.tags.get("strategy")},
+    )
+
+
 class FraudScorer:
-    def __init__(self, settings: Settings, publish: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        publish: bool = True,
+        metrics: DeploymentMetrics | None = None,
+        watch: bool = True,
+        defer: Callable[[Callable[[], None]], Any] = defer_to_event_loop,
+    ) -> None:
         self.settings = settings
         connect_mlflow(settings)
         self.store = open_feature_store(settings)
         self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
-        loaded = load_alias(MODEL_NAME, CHAMPION)
-        self.model_version = loaded.version
-        self.booster = loaded.model.get_booster()
-        # One request is one row: a second OpenMP thread only adds spin-waiting next to the server's threads.
-        self.booster.set_param({"nthread": 1})
-        self.features = json.loads(loaded.tags.get("features", json.dumps(MODEL_FEATURES)))
-        if self.features != MODEL_FEATURES:
-            raise ValueError(
-                f"{MODEL_NAME} v{loaded.version} was trained on other features than this code computes; retrain it."
-            )
-        self.rules = RulesConfig.from_settings(settings, float(loaded.tags.get("threshold", "0.5")))
-        self.producer = make_producer(settings, linger_ms=100) if publish else None
+        self.deployment: Deployment[FraudModel] = Deployment(
+            "fraud",
+            MODEL_NAME,
+            partial(load_fraud_model, settings),
+            settings,
+            PredictionLogger.for_design(settings, "fraud", publish),
+            metrics,
+            defer,
+        )
+        self.deployment.load()
+        if watch:
+            self.deployment.start()
+
+    @property
+    def champion(self) -> ServingModel[FraudModel]:
+        champion = self.deployment.slots.champion
+        assert champion is not None  # load() in __init__ raised otherwise
+        return champion
+
+    @property
+    def model_version(self) -> str:
+        return self.champion.version
+
+    @property
+    def rules(self) -> RulesConfig:
+        return self.champion.model.rules
 
     def online_features(self, customer_id: str, terminal_id: str) -> dict[str, float]:
         response = self.store.get_online_features(
@@ -52,33 +127,90 @@ class FraudScorer:
         ).to_dict()
         return {name: _number(response.get(name, [None])[0]) for name in STORED}
 
-    def score(self, transaction: TransactionEvent) -> Decision:
-        started = time.perf_counter()
+    def model_matrix(self, transaction: TransactionEvent) -> np.ndarray:
+        """One row in MODEL_FEATURES order: request-time features plus the stored rows (missing history as 0)."""
         stored = self.online_features(transaction.customer_id, transaction.terminal_id)
         columns: dict[str, Any] = {name: np.array([value]) for name, value in stored.items()}
         columns["timestamp_epoch"] = np.array([transaction.timestamp.timestamp()])
         columns["amount"] = np.array([transaction.amount])
         computed = request_features(columns)
-        row = [computed[name][0] for name in MODEL_FEATURES[: len(MODEL_FEATURES) - len(STORED_MODEL_FEATURES)]]
+        row = [computed[name][0] for name in COMPUTED_MODEL_FEATURES]
         row += [0.0 if np.isnan(stored[name]) else stored[name] for name in STORED_MODEL_FEATURES]
-        matrix = np.asarray([row], dtype=np.float32)
-        score = float(self.booster.inplace_predict(matrix)[0])
-        outcome, rule = decide(score, transaction.amount, transaction.customer_id, transaction.terminal_id, self.rules)
-        reasons = self.reasons(matrix) if outcome != "approve" else []
+        return np.asarray([row], dtype=np.float32)
+
+    def score(self, transaction: TransactionEvent) -> Decision:
+        started = time.perf_counter()
+        # Models taken once: a hot reload during this request changes the next request, not this one.
+        assignment, model, shadow = self.deployment.assign(transaction.customer_id)
+        matrix = self.model_matrix(transaction)
+        features_ms = (time.perf_counter() - started) * 1000
+        score, outcome, rule = model.model.decide(matrix, transaction)
+        reasons = self.reasons(model.model.booster, matrix) if outcome != "approve" else []
+        request_id = uuid.uuid4().hex
         decision = Decision(
             transaction_id=transaction.transaction_id,
             decision=outcome,
             score=round(score, 6),
-            model_version=self.model_version,
+            model_version=model.version,
+            variant=assignment.served,
+            request_id=request_id,
             reasons=reasons,
             rule=rule,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        if self.producer is not None:
-            self.producer.send(DECISIONS_TOPIC, encode(decision), key=transaction.customer_id.encode())
+        features = dict(zip(MODEL_FEATURES, matrix[0].tolist(), strict=True))
+        self.deployment.log(
+            _record(
+                transaction,
+                request_id,
+                model,
+                assignment.served,
+                True,
+                features,
+                decision.score,
+                outcome,
+                decision.latency_ms,
+            )
+        )
+        if shadow is not None:
+            self.deployment.shadow.submit(
+                lambda: self._shadow(transaction, request_id, shadow, matrix, features, features_ms)
+            )
         return decision
 
-    def reasons(self, matrix: np.ndarray) -> list[str]:
+    def _shadow(
+        self,
+        transaction: TransactionEvent,
+        request_id: str,
+        model: ServingModel[FraudModel],
+        matrix: np.ndarray,
+        features: dict[str, float | None],
+        features_ms: float,
+    ) -> None:
+        """The challenger's answer to a request already answered.
+
+        Its latency is the shared feature read plus its own prediction and rules (no reasons: nobody reads them),
+        i.e. what serving it would have cost without the reasons.
+        """
+        started = time.perf_counter()
+        score, outcome, _ = model.model.decide(matrix, transaction)
+        latency_ms = features_ms + (time.perf_counter() - started) * 1000
+        self.deployment.log(
+            _record(
+                transaction,
+                request_id,
+                model,
+                CHALLENGER,
+                False,
+                features,
+                round(score, 6),
+                outcome,
+                round(latency_ms, 3),
+            )
+        )
+
+    @staticmethod
+    def reasons(booster: Any, matrix: np.ndarray) -> list[str]:
         """The features that pushed the score up most.
 
         Per-feature contributions along each tree's decision path (XGBoost's approximate contributions): a
@@ -87,16 +219,41 @@ class FraudScorer:
         """
         from xgboost import DMatrix
 
-        contributions = self.booster.predict(
+        contributions = booster.predict(
             DMatrix(matrix, feature_names=MODEL_FEATURES, nthread=1), pred_contribs=True, approx_contribs=True
         )[0][:-1]
         order = np.argsort(contributions)[::-1][:TOP_REASONS]
         return [f"{MODEL_FEATURES[i]}={matrix[0, i]:.4g}" for i in order if contributions[i] > 0]
 
     def close(self) -> None:
-        if self.producer is not None:
-            self.producer.flush(timeout=5)
-            self.producer.close(timeout=5)
+        self.deployment.close()
+
+
+def _record(
+    transaction: TransactionEvent,
+    request_id: str,
+    model: ServingModel[FraudModel],
+    variant: Variant,
+    served: bool,
+    features: dict[str, float | None],
+    score: float,
+    outcome: str,
+    latency_ms: float,
+) -> PredictionRecord:
+    return PredictionRecord(
+        design="fraud",
+        request_id=request_id,
+        entity_id=transaction.transaction_id,
+        timestamp=transaction.timestamp,
+        model_name=model.name,
+        model_version=model.version,
+        variant=variant,
+        served=served,
+        features=features,
+        score=score,
+        decision=outcome,
+        latency_ms=latency_ms,
+    )
 
 
 def _number(value: Any) -> float:

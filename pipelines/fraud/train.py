@@ -4,7 +4,7 @@ Flow: backfill feature rows from the transaction file (the streaming engine run 
 retrieval at each transaction's time minus one microsecond (the rows stored *before* it, as the service sees
 them) → time-ordered split with the label delay as a gap → XGBoost per strategy → metrics and a cost-based
 threshold on the validation window → everything logged to MLflow → the best strategy registered as
-`fraud-xgboost@champion`.
+`fraud-xgboost@champion` (or `@challenger`, for the promotion gate to decide; the registration is audited).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pipelines.platform.features import (
     reset_offline,
     to_feast_timestamps,
 )
-from pipelines.platform.registry import CHAMPION, connect_mlflow, register_version
+from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, register_version
 from pipelines.settings import Settings
 
 MODEL_NAME = "fraud-xgboost"
@@ -66,6 +66,7 @@ class TrainReport:
     strategies: list[StrategyResult]
     seconds: dict[str, float] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)
+    alias: str = CHAMPION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,10 +124,13 @@ def train_fraud(
     params: training.XGBParams | None = None,
     valid_fraction: float = 0.25,
     progress: Progress | None = None,
+    alias: str = CHAMPION,
 ) -> TrainReport:
     import mlflow
     import mlflow.xgboost
 
+    if alias not in ALIASES:
+        raise ValueError(f"alias must be one of {', '.join(ALIASES)}, not '{alias}'.")
     say = progress or (lambda _: None)
     params = params or training.XGBParams()
     seconds: dict[str, float] = {}
@@ -229,21 +233,25 @@ def train_fraud(
         reference.to_parquet(tmp_dir / "reference.parquet", index=False)
         mlflow.log_artifact(str(tmp_dir / "reference.parquet"), "reference")
 
-        say(f"registering the '{best.strategy}' model as {MODEL_NAME}@{CHAMPION}")
+        say(f"registering the '{best.strategy}' model as {MODEL_NAME}@{alias}")
         info = mlflow.xgboost.log_model(
             models[best.strategy], name="model", input_example=x_valid.head(3), model_format="ubj"
         )
         version = register_version(
             info.model_uri,
             MODEL_NAME,
-            CHAMPION,
+            alias,
             tags={
                 "strategy": best.strategy,
                 "threshold": f"{best.threshold:.6f}",
                 "features": json.dumps(MODEL_FEATURES),
                 "average_precision": f"{best.average_precision:.6f}",
                 "training_run_id": parent.info.run_id,
+                # The gate warns when its holdout starts before the newest row the model was fit on.
+                "train_data_end": pd.to_datetime(frame.loc[train_mask, "timestamp"], utc=True).max().isoformat(),
             },
+            reason=f"trained ({best.strategy}, validation average precision {best.average_precision:.4f})",
+            metrics={"validation_average_precision": best.average_precision, "validation_roc_auc": best.roc_auc},
         )
     seconds["total"] = sum(seconds.values())
     return TrainReport(
@@ -257,4 +265,5 @@ def train_fraud(
         strategies=results,
         seconds=seconds,
         plots={"pr_curves": str(pr_plot), "cost_curve": str(cost_plot)},
+        alias=alias,
     )

@@ -1,19 +1,47 @@
-"""MLflow registry access shared by the designs: tracking URI, registration, aliases, champion loading.
+"""MLflow registry access shared by the designs: tracking URI, registration, aliases, champion loading, audit trail.
 
 Names follow `<design>-<model>` and the aliases `champion` / `challenger` (never the deprecated stages).
+
+Every alias change made through this module (register, promote, reject, rollback) is also written as one run of the
+MLflow experiment `registry-audit`: tags say what changed, why, when and by whom, metrics hold the gate numbers. The
+trail lives in the same backend as the registry (SQLite locally, PostgreSQL in compose) and shows in the MLflow UI.
+
+Rollback semantics: the champion history is a stack. A register (as champion) or a promote pushes a version, a
+rollback pops one, so v1 → v2 → v3 then rollback gives v2 and a second rollback gives v1.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
+import shlex
+import socket
+import sys
 import urllib.request
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines.platform.stream import ServiceUnavailable
 from pipelines.settings import Settings
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+AUDIT_EXPERIMENT = "registry-audit"
+Action = Literal["register", "promote", "reject", "rollback"]
+ACTIONS: tuple[str, ...] = ("register", "promote", "reject", "rollback")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be carried out; the message says why and what to do instead."""
 
 
 def connect_mlflow(settings: Settings) -> str:
@@ -34,18 +62,387 @@ def connect_mlflow(settings: Settings) -> str:
     return uri
 
 
-def register_version(model_uri: str, name: str, alias: str | None, tags: dict[str, str] | None = None) -> str:
-    """Register a logged model as a new version of `name`, tag it, and point `alias` at it."""
-    import mlflow
+def _client() -> MlflowClient:
     from mlflow import MlflowClient
 
-    version = mlflow.register_model(model_uri, name).version
-    client = MlflowClient()
+    return MlflowClient()
+
+
+def _check_name(name: str) -> str:
+    # Names end up inside MLflow filter strings; refusing quotes here keeps those filters injection-free.
+    if not _NAME.fullmatch(name):
+        raise RegistryError(f"'{name}' is not a valid model name; use letters, digits, '-', '_' or '.' only.")
+    return name
+
+
+# ---------------------------------------------------------------- versions and aliases
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as the lifecycle commands show it."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    created: datetime
+    run_id: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["aliases"] = list(self.aliases)
+        out["created"] = self.created.isoformat()
+        return out
+
+
+def model_exists(name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client().get_registered_model(_check_name(name))
+    except MlflowException:
+        return False
+    return True
+
+
+def require_model(name: str) -> None:
+    if not model_exists(name):
+        raise RegistryError(f"No registered model is called '{name}'; train one first or check the name.")
+
+
+def list_versions(name: str) -> list[VersionInfo]:
+    """Every version of `name`, newest first, with the aliases that point at it and its tags."""
+    require_model(name)
+    client = _client()
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    versions = client.search_model_versions(f"name = '{name}'")
+    out = [
+        VersionInfo(
+            name=name,
+            version=str(v.version),
+            aliases=tuple(sorted(aliases.get(str(v.version), []))),
+            tags=dict(v.tags or {}),
+            created=datetime.fromtimestamp((v.creation_timestamp or 0) / 1000, UTC),
+            run_id=v.run_id or "",
+            source=v.source or "",
+        )
+        for v in versions
+    ]
+    return sorted(out, key=lambda v: int(v.version), reverse=True)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(_check_name(name), alias).version)
+    except MlflowException:
+        return None
+
+
+def _require_version(name: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client().get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(f"'{name}' has no version {version}; see `mlsd registry list --model {name}`.") from None
+
+
+# ---------------------------------------------------------------- audit trail
+
+
+def current_command() -> str:
+    """The command line of this process, as a person would have typed it (the console script shows as `mlsd`)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in {"__main__.py", "mlsd"}:
+        program = "mlsd"
+    return shlex.join([program, *sys.argv[1:]])[:500]
+
+
+def current_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One alias change: which model and alias, from and to which version, why, when, who, and the gate numbers."""
+
+    model: str
+    alias: str
+    action: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    at: datetime
+    user: str
+    command: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["at"] = self.at.isoformat()
+        return out
+
+
+_RECORD_TAGS = ("model", "alias", "action", "from_version", "to_version", "reason", "at", "user", "command")
+_DETAIL_PREFIX = "detail."
+_TAG_LIMIT = 5000  # MLflow refuses longer tag values
+
+
+def _audit_experiment_id(client: MlflowClient) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(AUDIT_EXPERIMENT, tags={"mlsd.purpose": "registry alias changes"}))
+    except MlflowException:  # another process created it first
+        experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+def _record_from_run(run: Run) -> AuditRecord:
+    tags = run.data.tags
+    return AuditRecord(
+        model=tags.get("model", ""),
+        alias=tags.get("alias", ""),
+        action=tags.get("action", ""),
+        from_version=tags.get("from_version") or None,
+        to_version=tags.get("to_version") or None,
+        reason=tags.get("reason", ""),
+        at=datetime.fromisoformat(tags["at"])
+        if tags.get("at")
+        else datetime.fromtimestamp(run.info.start_time / 1000, UTC),
+        user=tags.get("user", ""),
+        command=tags.get("command", ""),
+        metrics=dict(run.data.metrics),
+        details={k.removeprefix(_DETAIL_PREFIX): v for k, v in tags.items() if k.startswith(_DETAIL_PREFIX)},
+        run_id=run.info.run_id,
+    )
+
+
+def _audit_runs(name: str, alias: str | None = None, limit: int | None = None) -> Iterator[Run]:
+    """Audit runs of `name`, newest first (all of them when `limit` is None)."""
+    client = _client()
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is None:
+        return
+    query = f"tags.model = '{_check_name(name)}'" + (f" and tags.alias = '{alias}'" if alias else "")
+    token: str | None = None
+    left = limit
+    while left is None or left > 0:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            query,
+            max_results=min(left or 1000, 1000),
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        yield from page
+        if left is not None:
+            left -= len(page)
+        token = page.token
+        if not token or not len(page):
+            return
+
+
+def history(name: str, limit: int | None = 50, alias: str | None = None) -> list[AuditRecord]:
+    """The alias changes of `name` (optionally of one alias), newest first."""
+    return [_record_from_run(run) for run in _audit_runs(name, alias, limit)]
+
+
+def record_change(
+    name: str,
+    alias: str,
+    action: str,
+    from_version: str | None,
+    to_version: str | None,
+    reason: str,
+    metrics: Mapping[str, float] | None = None,
+    details: Mapping[str, str] | None = None,
+    command: str | None = None,
+    user: str | None = None,
+) -> AuditRecord:
+    """Write one audit run; times are made strictly increasing per model so that history order is exact."""
+    import math
+
+    from mlflow.entities import Metric, RunTag
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown registry action '{action}'; use one of {', '.join(ACTIONS)}.")
+    client = _client()
+    experiment_id = _audit_experiment_id(client)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    latest = next(_audit_runs(name, limit=1), None)
+    at_ms = max(now_ms, latest.info.start_time + 1) if latest is not None else now_ms
+    record = AuditRecord(
+        model=name,
+        alias=alias,
+        action=action,
+        from_version=from_version,
+        to_version=to_version,
+        reason=reason,
+        at=datetime.fromtimestamp(at_ms / 1000, UTC),
+        user=user or current_user(),
+        command=command or current_command(),
+        metrics={k: float(v) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))},
+        details={k: str(v) for k, v in (details or {}).items()},
+    )
+    values = record.to_dict()
+    tags = {key: str(values[key] or "") for key in _RECORD_TAGS}
+    tags |= {f"{_DETAIL_PREFIX}{k}": v for k, v in record.details.items()}
+    tags |= {"mlflow.user": record.user, "mlflow.note.content": reason}
+    tags = {key: value[:_TAG_LIMIT] for key, value in tags.items()}
+    target = f"v{to_version}" if to_version else "none"
+    run = client.create_run(experiment_id, start_time=at_ms, run_name=f"{action} {name}@{alias} {target}")
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(key, value, at_ms, 0) for key, value in record.metrics.items()],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+    client.set_terminated(run.info.run_id, end_time=at_ms)
+    return replace(record, run_id=run.info.run_id)
+
+
+def set_alias(
+    name: str,
+    alias: str,
+    version: str,
+    action: Action,
+    reason: str,
+    metrics: Mapping[str, float] | None = None,
+    details: Mapping[str, str] | None = None,
+    command: str | None = None,
+    expected_from: str | None | Literal["any"] = "any",
+) -> AuditRecord:
+    """Point `name@alias` at `version` and audit the move.
+
+    `expected_from` guards against a concurrent change: when given, the alias must still point where the caller
+    saw it (None: nowhere) or nothing is changed.
+    """
+    require_model(name)
+    _require_version(name, version)
+    previous = alias_version(name, alias)
+    if expected_from != "any" and previous != expected_from:
+        raise RegistryError(
+            f"{name}@{alias} moved from v{expected_from} to v{previous} while this command ran; run it again."
+        )
+    _client().set_registered_model_alias(name, alias, version)
+    return record_change(name, alias, action, previous, version, reason, metrics, details, command)
+
+
+def remove_alias(name: str, alias: str) -> str | None:
+    """Delete `name@alias` if it exists; returns the version it pointed at."""
+    version = alias_version(name, alias)
+    if version is not None:
+        _client().delete_registered_model_alias(name, alias)
+    return version
+
+
+def register_version(
+    model_uri: str,
+    name: str,
+    alias: str | None,
+    tags: dict[str, str] | None = None,
+    reason: str = "registered by training",
+    metrics: Mapping[str, float] | None = None,
+    command: str | None = None,
+) -> str:
+    """Register a logged model as a new version of `name`, tag it, and point `alias` at it (audited)."""
+    import mlflow
+
+    version = str(mlflow.register_model(model_uri, name).version)
+    client = _client()
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, version, key, value)
     if alias:
-        client.set_registered_model_alias(name, alias, version)
-    return str(version)
+        set_alias(name, alias, version, "register", reason, metrics=metrics, command=command)
+    return version
+
+
+def promote_version(
+    name: str,
+    version: str,
+    reason: str,
+    metrics: Mapping[str, float] | None = None,
+    details: Mapping[str, str] | None = None,
+    command: str | None = None,
+    expected_champion: str | None | Literal["any"] = "any",
+) -> AuditRecord:
+    """Make `version` the champion; the challenger alias is removed when it pointed at that version."""
+    record = set_alias(name, CHAMPION, version, "promote", reason, metrics, details, command, expected_champion)
+    if alias_version(name, CHALLENGER) == version:
+        remove_alias(name, CHALLENGER)
+    return record
+
+
+def record_rejection(
+    name: str,
+    version: str,
+    reason: str,
+    metrics: Mapping[str, float] | None = None,
+    details: Mapping[str, str] | None = None,
+    command: str | None = None,
+) -> AuditRecord:
+    """Audit a challenger that did not pass the gate; the champion stays and the challenger keeps its alias."""
+    champion = alias_version(name, CHAMPION)
+    return record_change(name, CHAMPION, "reject", champion, version, reason, metrics, details, command)
+
+
+def champion_stack(name: str) -> list[str]:
+    """The champion history as a stack, oldest first, replayed from the audit trail (see the module docstring)."""
+    stack: list[str] = []
+    for record in reversed(history(name, limit=None, alias=CHAMPION)):
+        if record.to_version is None:
+            continue
+        if record.action in ("register", "promote"):
+            stack.append(record.to_version)
+        elif record.action == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != record.to_version:
+                stack.append(record.to_version)
+    return stack
+
+
+def rollback_target(name: str) -> tuple[str, str]:
+    """(current champion, the champion before it); fails in one sentence when there is none."""
+    require_model(name)
+    current = alias_version(name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"'{name}' has no champion to roll back from; promote a version first.")
+    stack = champion_stack(name)
+    while stack and stack[-1] == current:
+        stack.pop()
+    if not stack:
+        raise RegistryError(
+            f"'{name}' has no earlier champion than v{current} in the audit trail, so there is nothing to roll back to."
+        )
+    return current, stack[-1]
+
+
+def rollback(name: str, reason: str = "rollback", command: str | None = None) -> AuditRecord:
+    """Point the champion back at the champion before the current one (repeat to walk further back)."""
+    current, target = rollback_target(name)
+    return set_alias(name, CHAMPION, target, "rollback", reason, command=command, expected_from=current)
+
+
+# ---------------------------------------------------------------- loading
 
 
 @dataclass
@@ -58,16 +455,26 @@ class LoadedModel:
 
 def load_alias(name: str, alias: str = CHAMPION) -> LoadedModel:
     """Load the XGBoost model behind `name@alias` with its version tags."""
-    import mlflow.xgboost
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
+    client = _client()
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise ServiceUnavailable(
             f"No model '{name}' has the alias '{alias}' yet; train one first (for fraud: `mlsd fraud train`)."
         ) from exc
-    model = mlflow.xgboost.load_model(f"models:/{name}@{alias}")
-    return LoadedModel(name, str(version.version), model, dict(version.tags or {}))
+    # Load the version the alias pointed at when asked, so a concurrent promotion cannot mix two versions.
+    return load_version(name, str(version.version))
+
+
+def load_version(name: str, version: str) -> LoadedModel:
+    """Load one XGBoost version of `name` with its tags (the gate scores versions, not aliases)."""
+    import mlflow.xgboost
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = dict(_client().get_model_version(name, version).tags or {})
+    except MlflowException:
+        raise RegistryError(f"'{name}' has no version {version}; see `mlsd registry list --model {name}`.") from None
+    return LoadedModel(name, version, mlflow.xgboost.load_model(f"models:/{name}/{version}"), tags)

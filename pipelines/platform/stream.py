@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -116,12 +116,16 @@ def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1
 
 
 def end_offsets_lag(consumer: KafkaConsumer) -> int:
-    """Messages not yet consumed on the assigned partitions (consumer lag)."""
+    """Messages not yet consumed on the assigned partitions (consumer lag).
+
+    An end offset is the larger of the broker's ListOffsets answer and the high watermark of the last fetch: the
+    embedded broker answers ListOffsets with the last record batch's base offset + 1, short of a multi-record batch.
+    """
     assigned = consumer.assignment()
     if not assigned:
         return 0
     ends = consumer.end_offsets(list(assigned))
-    return sum(max(0, ends[tp] - (consumer.position(tp) or 0)) for tp in assigned)
+    return sum(max(0, max(ends[tp], consumer.highwater(tp) or 0) - (consumer.position(tp) or 0)) for tp in assigned)
 
 
 @dataclass
@@ -173,6 +177,16 @@ def dead_letter(producer: KafkaProducer, topic: str, value: bytes | None, reason
     producer.send(topic + DLQ_SUFFIX, encode(payload))
 
 
+class BatchObserver(Protocol):
+    """What the loop reports for metrics (pipelines/platform/metrics.py: StreamMetrics); it must not raise."""
+
+    def batch_committed(
+        self, consumer: KafkaConsumer, consumed: int, processed: int, dead_letters: dict[str, int], seconds: float
+    ) -> None: ...
+
+    def idle(self, consumer: KafkaConsumer) -> None: ...
+
+
 class _StopFlag:
     def __init__(self) -> None:
         self.stop = False
@@ -191,10 +205,12 @@ def run_micro_batches(
     idle_stop_s: float | None = None,
     max_events: int | None = None,
     on_batch: Callable[[LoopStats, int], None] | None = None,
+    metrics: BatchObserver | None = None,
 ) -> LoopStats:
     """Poll → validate → sink(valid events) → dead-letter the rest → flush → commit, until stopped.
 
     Stops on SIGINT/SIGTERM, after `idle_stop_s` seconds without messages, or after `max_events` messages.
+    `metrics` hears of every committed batch (counts, dead letters by reason, seconds) and of every empty poll.
     """
     stats = LoopStats()
     flag = _StopFlag()
@@ -209,15 +225,19 @@ def run_micro_batches(
             polled = consumer.poll(timeout_ms=batch_ms, max_records=batch_size)
             records = [r for batch in polled.values() for r in batch]
             if not records:
+                if metrics is not None:
+                    metrics.idle(consumer)
                 if not consumer.assignment():  # still joining the group: idle time starts once partitions arrive
                     last_message = time.monotonic()
                 elif idle_stop_s is not None and time.monotonic() - last_message > idle_stop_s:
                     break
                 continue
             last_message = time.monotonic()
+            batch_started = time.perf_counter()
             if stats.batches == 0:
-                started = time.perf_counter()  # throughput counts from the first message, not from the join
+                started = batch_started  # throughput counts from the first message, not from the join
             valid: list[Envelope] = []
+            batch_reasons: dict[str, int] = {}
             for record in records:
                 try:
                     event = decode(record.topic, record.value, schemas[record.topic])
@@ -227,6 +247,7 @@ def run_micro_batches(
                     stats.dead_lettered += 1
                     key = reason.split(":")[0]
                     stats.dead_letter_reasons[key] = stats.dead_letter_reasons.get(key, 0) + 1
+                    batch_reasons[key] = batch_reasons.get(key, 0) + 1
                     continue
                 valid.append(Envelope(record.topic, event, record.timestamp))
             if valid:
@@ -237,6 +258,9 @@ def run_micro_batches(
             stats.processed += len(valid)
             stats.batches += 1
             stats.seconds = time.perf_counter() - started
+            if metrics is not None:
+                seconds = time.perf_counter() - batch_started
+                metrics.batch_committed(consumer, len(records), len(valid), batch_reasons, seconds)
             if on_batch:
                 on_batch(stats, len(records))
             if max_events is not None and stats.consumed >= max_events:

@@ -1,5 +1,5 @@
 """Recommendation training: candidates + XGBoost ranker on the interactions, logged to MLflow, registered as
-`recsys-ranker@champion`.
+`recsys-ranker@champion` (or `@challenger`, for the promotion gate to decide; the registration is audited).
 
 The registered model is an MLflow pyfunc whose artifact is the folder `RecsysRanker.save` writes (candidate
 model with its faiss index, XGBoost ranker, item table), so a service loads one alias and gets both stages.
@@ -16,7 +16,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from pipelines.platform.registry import CHAMPION, connect_mlflow, register_version
+from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, register_version
 from pipelines.settings import Settings
 
 MODEL_NAME = "recsys-ranker"
@@ -51,12 +51,18 @@ class RecsysTrainReport:
     model_version: str
     seconds: dict[str, float] = field(default_factory=dict)
     training_rows: int = 0
+    alias: str = CHAMPION
 
 
-def train_recsys(settings: Settings, interactions: pd.DataFrame, items: pd.DataFrame | None) -> RecsysTrainReport:
+def train_recsys(
+    settings: Settings, interactions: pd.DataFrame, items: pd.DataFrame | None, alias: str = CHAMPION
+) -> RecsysTrainReport:
     import mlflow
 
     from pipelines.recsys.rank import RankerParams, train_recommender
+
+    if alias not in ALIASES:
+        raise ValueError(f"alias must be one of {', '.join(ALIASES)}, not '{alias}'.")
 
     connect_mlflow(settings)
     mlflow.set_experiment(EXPERIMENT)
@@ -80,7 +86,14 @@ def train_recsys(settings: Settings, interactions: pd.DataFrame, items: pd.DataF
             input_example=pd.DataFrame({"user_id": [str(interactions["user_id"].iloc[0])], "k": [10]}),
             pip_requirements=pinned_requirements(),
         )
-        version = register_version(info.model_uri, MODEL_NAME, CHAMPION, tags={"training_run_id": run.info.run_id})
+        tags = {
+            "training_run_id": run.info.run_id,
+            # The gate warns when its holdout starts before the newest interaction the model has seen.
+            "train_data_end": pd.to_datetime(interactions["timestamp"], utc=True).max().isoformat(),
+        }
+        version = register_version(
+            info.model_uri, MODEL_NAME, alias, tags=tags, reason=f"trained on {len(interactions):,} interactions"
+        )
     return RecsysTrainReport(
         interactions=len(interactions),
         users=int(interactions["user_id"].nunique()),
@@ -88,6 +101,7 @@ def train_recsys(settings: Settings, interactions: pd.DataFrame, items: pd.DataF
         model_version=version,
         seconds={"total": time.perf_counter() - started, **recommender.timings},
         training_rows=len(data.frame),
+        alias=alias,
     )
 
 

@@ -1,12 +1,16 @@
 """BentoML service for fraud scoring: POST /score with a transaction, get approve | review | decline.
 
 Thin on purpose: Settings come from MLSD_* variables, the work happens in `pipelines.fraud.scoring.FraudScorer`.
-Health: /livez and /readyz (ready once the champion model is loaded); OpenAPI docs at /docs.
+Serving mode (MLSD_SERVING_MODE off | shadow | canary) and hot reload of the `champion` / `challenger` aliases
+come from `pipelines.platform.deployment`. Health: /livez and /readyz (ready once the champion is loaded);
+/model shows both slots; /metrics adds `mlsd_model_version_info`, `mlsd_predictions_total` and
+`mlsd_shadow_errors_total` to BentoML's own series; OpenAPI docs at /docs.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 
 import bentoml
 
@@ -14,7 +18,13 @@ from pipelines.fraud.events import Decision, TransactionEvent
 
 with bentoml.importing():
     from pipelines.fraud.scoring import FraudScorer
+    from pipelines.platform.deployment import DeploymentMetrics
     from pipelines.settings import Settings
+
+
+def _log_deployment_events() -> None:
+    """Model swaps are worth a line in the service log (BentoML's handlers print it); nothing per request is."""
+    logging.getLogger("mlsd").setLevel(logging.INFO)
 
 
 @bentoml.service(
@@ -26,24 +36,37 @@ with bentoml.importing():
 )
 class FraudService:
     def __init__(self) -> None:
-        self.scorer = FraudScorer(Settings())
+        # Imported here, in the worker: BentoML sets the multiprocess metrics folder before __init__ runs, and
+        # series created after that show up on /metrics (bentoml.metrics, now deprecated, forwards to it too).
+        import prometheus_client
+
+        _log_deployment_events()
+        self.scorer = FraudScorer(Settings(), metrics=DeploymentMetrics("fraud", prometheus_client))
         # Everything loaded so far lives as long as the process: keep it out of the garbage collector's full
         # passes, which otherwise stall a request for a few hundred milliseconds now and then.
         gc.collect()
         gc.freeze()
 
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        # Stops the watcher and flushes the prediction records still waiting in the producer's batch.
+        self.scorer.close()
+
     def __is_ready__(self) -> bool:
-        return self.scorer.booster is not None
+        return self.scorer.deployment.slots.champion is not None
 
     @bentoml.api(route="/score")
     async def score(self, transaction: TransactionEvent, /) -> Decision:
-        # ~1 ms of CPU per request: running it on the event loop beats a thread-pool hand-off under load.
+        # ~1 ms of CPU per request: running it on the event loop beats a thread-pool hand-off under load. A shadow
+        # prediction runs on the loop's next turn, after this response is on its way.
         return self.scorer.score(transaction)
 
     @bentoml.api(route="/model")
     async def model(self) -> dict:
+        champion = self.scorer.champion
         return {
-            "name": "fraud-xgboost",
-            "version": self.scorer.model_version,
-            "threshold": self.scorer.rules.decline_threshold,
+            "name": champion.name,
+            "version": champion.version,
+            "threshold": champion.model.rules.decline_threshold,
+            **self.scorer.deployment.describe(),
         }

@@ -9,10 +9,10 @@ import urllib.request
 import pytest
 from kafka import KafkaConsumer
 
-from pipelines.fraud.events import DECISIONS_TOPIC
 from pipelines.fraud.loadgen import payloads_from_frame
 from pipelines.fraud.train import train_fraud
 from pipelines.platform.infra import free_port
+from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC
 from pipelines.platform.training import XGBParams
 from tests.service_process import post, serving
 
@@ -57,13 +57,13 @@ def test_a_transaction_gets_a_decision_with_score_version_and_reasons(service, s
     assert sum(fraud_scores) / len(fraud_scores) > 5 * sum(genuine_scores) / len(genuine_scores)
 
     consumer = KafkaConsumer(
-        DECISIONS_TOPIC,
+        FRAUD_PREDICTIONS_TOPIC,
         bootstrap_servers=service[1].kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         consumer_timeout_ms=3000,
     )
-    published = {json.loads(m.value)["transaction_id"] for m in consumer}
+    published = {json.loads(m.value)["entity_id"] for m in consumer}
     consumer.close()
     assert set(decisions) <= published
 

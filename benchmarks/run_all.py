@@ -11,6 +11,9 @@ SCRIPTS = [
     ["benchmarks.scoring_latency"],
     ["benchmarks.training_time"],
     ["benchmarks.backtest_2m"],
+    ["benchmarks.recsys_serving"],
+    ["benchmarks.hot_reload"],
+    ["benchmarks.drift_detection"],
 ]
 
 if __name__ == "__main__":

@@ -10,42 +10,22 @@ python -m benchmarks.recsys_serving [--interactions 1000000] [--rates 50,75,100,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-
-import numpy as np
 
 from benchmarks.common import RESULTS, save, scratch_stack
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
 from pipelines.platform.features import apply_feature_definitions, write_feature_rows
 from pipelines.platform.infra import free_port
 from pipelines.platform.loadtest import find_max_rate, run_load_test, save_latency_histogram
+from pipelines.recsys.demo import stage_latency
 from pipelines.recsys.features import backfill_features
 from pipelines.recsys.loadgen import payloads_from_interactions
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.train import train_recsys
 from tests.service_process import serving
-
-STAGES = ("candidates", "features", "ranking", "reranking", "total")
-
-
-def stage_latency(url: str, payloads: list[dict], count: int) -> dict[str, dict[str, float]]:
-    """p50/p99 of each stage as the service reports it, over `count` sequential requests."""
-    seen: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    for body in payloads[:count]:
-        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            reported = json.loads(response.read())["latency_ms"]
-        for stage in STAGES:
-            seen[stage].append(reported[stage])
-    return {
-        stage: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
-        for stage, v in seen.items()
-    }
 
 
 def main() -> None:
@@ -90,7 +70,7 @@ def main() -> None:
         with serving(["recsys", "serve"], env, port, ready_s=300) as base:
             url = f"{base}/recommend"
             run_load_test(url, lambda i: payloads[i % len(payloads)], 20, 5)  # warm-up
-            stages = stage_latency(url, payloads[1000:], 300)
+            stages = stage_latency(url, payloads[1000:1300])
             sustained = run_load_test(url, lambda i: payloads[i % len(payloads)], 50, args.sustained_seconds)
             print("50 req/s:", sustained.summary_rows())
             save_latency_histogram(sustained, RESULTS / "recommend_50rps.png", "recsys /recommend at 50 req/s")

@@ -46,23 +46,13 @@ def wait_for_log(log: Path, text: str, timeout_s: float) -> None:
     raise ServiceUnavailable(f"A background process did not finish starting within {timeout_s:.0f} s; see {log}.")
 
 
-def read_decisions(settings: Settings, idle_s: float = 3.0) -> pd.DataFrame:
-    """The served predictions on `fraud.predictions`, read from the start with a throw-away consumer."""
-    from kafka import KafkaConsumer
+def read_decisions(settings: Settings) -> pd.DataFrame:
+    """The served predictions on `fraud.predictions`, read from the start without a consumer group."""
+    from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC, PredictionRecord
+    from pipelines.platform.stream import read_topic
 
-    from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC
-
-    consumer = KafkaConsumer(
-        FRAUD_PREDICTIONS_TOPIC,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(idle_s * 1000),
-    )
-    rows = [row for message in consumer if (row := json.loads(message.value)).get("served", True)]
-    consumer.close()
-    return pd.DataFrame(rows)
+    records, _ = read_topic(settings, FRAUD_PREDICTIONS_TOPIC, PredictionRecord)
+    return pd.DataFrame([record.model_dump() for record in records if record.served])
 
 
 def run_demo(

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.platform.stream import read_topic
 from pipelines.settings import Settings
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
 
 deploy_app = typer.Typer(
     help="Deployment reports from the prediction log: shadow agreement, canary outcomes on delayed labels.",
@@ -38,38 +35,6 @@ def predictions_topic(design: str) -> str:
     if design not in PREDICTION_TOPICS:
         raise ValueError(f"Unknown design '{design}'; use one of: {', '.join(PREDICTION_TOPICS)}.")
     return PREDICTION_TOPICS[design]
-
-
-def read_topic(
-    settings: Settings, topic: str, schema: type[BaseModel], max_records: int | None = None, join_s: float = 30.0
-) -> tuple[list[Any], int]:
-    """Every valid event on `topic` from the start up to its current end (or `max_records`); and how many were not.
-
-    No consumer group: nothing is committed, and the read stops once it has caught up with the end offsets.
-    """
-    from pipelines.platform.stream import decode, end_offsets_lag, make_consumer
-
-    # group_id None is kafka-python's group-less mode: all partitions, no join wait, no commits.
-    consumer = make_consumer(settings, [topic], group_id=None)  # type: ignore[arg-type]
-    events: list[Any] = []
-    invalid = 0
-    deadline = time.monotonic() + join_s
-    try:
-        while max_records is None or len(events) < max_records:
-            polled = consumer.poll(timeout_ms=500, max_records=5000)
-            for batch in polled.values():
-                for message in batch:
-                    try:
-                        events.append(decode(topic, message.value, schema))
-                    except ValueError:
-                        invalid += 1
-            if consumer.assignment() and end_offsets_lag(consumer) == 0:
-                break
-            if not polled and time.monotonic() > deadline:
-                break
-    finally:
-        consumer.close()
-    return events[:max_records] if max_records is not None else events, invalid
 
 
 def write_report(report: dict[str, Any], json_out: Path | None) -> None:

@@ -307,3 +307,33 @@ def send_at_rate(
     if progress:
         progress(len(records), len(records))
     return {"events": len(records), "seconds": seconds, "rate": len(records) / seconds if seconds else 0.0}
+
+
+def read_topic(
+    settings: Settings, topic: str, schema: type[BaseModel], max_records: int | None = None, join_s: float = 30.0
+) -> tuple[list[Any], int]:
+    """Every valid event on `topic` from the start up to its current end (or `max_records`); and how many were not.
+
+    No consumer group: nothing is committed, and the read stops once it has caught up with the end offsets.
+    """
+    # group_id None is kafka-python's group-less mode: all partitions, no join wait, no commits.
+    consumer = make_consumer(settings, [topic], group_id=None)  # type: ignore[arg-type]
+    events: list[Any] = []
+    invalid = 0
+    deadline = time.monotonic() + join_s
+    try:
+        while max_records is None or len(events) < max_records:
+            polled = consumer.poll(timeout_ms=500, max_records=5000)
+            for batch in polled.values():
+                for message in batch:
+                    try:
+                        events.append(decode(topic, message.value, schema))
+                    except ValueError:
+                        invalid += 1
+            if consumer.assignment() and end_offsets_lag(consumer) == 0:
+                break
+            if not polled and time.monotonic() > deadline:
+                break
+    finally:
+        consumer.close()
+    return events[:max_records] if max_records is not None else events, invalid

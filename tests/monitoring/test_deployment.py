@@ -635,8 +635,7 @@ def test_deploy_reports_read_the_prediction_log_to_its_end(
 
     from pipelines.cli import app
     from pipelines.fraud.events import LABELS_TOPIC
-    from pipelines.monitoring.deploy_cli import read_topic
-    from pipelines.platform.stream import encode, ensure_topics, make_producer
+    from pipelines.platform.stream import encode, ensure_topics, make_producer, read_topic
 
     mine = [unique("req") for _ in range(10)]
     producer = make_producer(kafka_settings)

@@ -294,9 +294,7 @@ def run_feature_processor(
         **sink_figures(),
     }
     console.print_json(json.dumps(result))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    write_json_out(json_out, result)
 
 
 @fraud_app.command("train")
@@ -318,9 +316,7 @@ def fraud_train(
     with console.status("training") as spinner:
         report = train_fraud(s, frame, backfill=backfill, progress=lambda m: spinner.update(m), alias=alias)
     print_strategy_table(report)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    write_json_out(json_out, report.to_dict())
 
 
 def print_strategy_table(report) -> None:  # type: ignore[no-untyped-def]
@@ -396,9 +392,8 @@ def fraud_backtest(
             ),
         )
     console.print(table)
+    write_json_out(json_out, result)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2, default=str))
         console.print(f"wrote {json_out}")
 
 
@@ -664,9 +659,8 @@ def recsys_evaluate(
                 row["config"], *(f"{row[key]:.4f}" for key in (f"ndcg@{k}", f"recall@{k}", "coverage", "diversity"))
             )
         console.print(effects)
+    write_json_out(json_out, result)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2, default=str))
         console.print(f"wrote {json_out}")
 
 
@@ -785,9 +779,111 @@ def monitor(
         f"{run.alerts_published} alert(s) published on monitoring.alerts; {run.shadow_records:,} shadow records "
         f"kept out of drift; windows awaiting labels: {run.pending or 'none'}; summary in {reports}/summary.jsonl"
     )
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(run.to_dict(), indent=2, default=str))
+    write_json_out(json_out, run.to_dict())
+
+
+@app.command("retrain")
+def retrain(
+    design: Annotated[Literal["fraud", "recsys"], typer.Option(help="Which design's alerts to act on")] = "fraud",
+    history: Annotated[
+        Path | None,
+        typer.Option(help="Data the stream does not hold: transactions (fraud) or interactions (recsys) file"),
+    ] = None,
+    items: Annotated[Path | None, typer.Option(help="recsys: item file (item_id, category)")] = None,
+    once: Annotated[bool, typer.Option(help="Stop after the first retrain's promote/reject decision")] = False,
+    idle_timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds without alerts")] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning/--latest", help="Replay every alert on the topic, or only new ones")
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option(help="Write every handled alert and retrain here")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+) -> None:
+    """Retraining loop: alerts on monitoring.alerts → one retrain per incident → challenger → gate → decision."""
+    from pipelines.monitoring.gate import read_gate_data
+    from pipelines.monitoring.retrain import run_retrain_loop
+
+    s = settings()
+    frame = read_gate_data(s, design, history) if history else None
+    item_frame = None
+    if items is not None:
+        from pipelines.recsys.data import read_items
+
+        item_frame = read_items(items)
+
+    def handled(h):  # type: ignore[no-untyped-def]
+        alert = h.alert
+        console.print(f"{alert['kind']} window {alert['window']}: {h.verdict} — {h.reason}", markup=False)
+        if h.result is not None:
+            r = h.result
+            verdict = "promoted" if r.promoted else ("failed" if r.failed else "rejected")
+            console.print(
+                f"incident {r.incident}: challenger v{r.challenger_version} {verdict} "
+                f"({r.seconds.get('total', 0):.0f} s; {r.incident_to_decision_s:.0f} s from alert to decision): "
+                f"{r.decision}",
+                markup=False,
+            )
+
+    console.print(f"following monitoring.alerts for {design}; Ctrl-C stops it")
+    run = run_retrain_loop(
+        s, design, frame, item_frame, once, idle_timeout, from_beginning, on_handled=handled, metrics_port=metrics_port
+    )
+    counts = run.counts()
+    console.print(
+        f"{counts['retrain']} retrain(s), {counts['join']} alert(s) joined an open incident, "
+        f"{counts['ignore']} ignored; audit: mlsd registry history --model {design}"
+    )
+    write_json_out(json_out, run.to_dict())
+
+
+@app.command("drift-test")
+def drift_test(
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="control | covariate-shift | new-fraud-pattern | prior-shift | schema-break | stale-features | all"
+        ),
+    ] = "covariate-shift",
+    window_size: Annotated[int, typer.Option(help="Served predictions per monitor window")] = 5000,
+    customers: Annotated[int, typer.Option(help="Customers in the simulated world")] = 5000,
+    history_days: Annotated[int, typer.Option(help="Days of history the world's champion is trained on")] = 52,
+    seed: Annotated[int | None, typer.Option(help="World seed (default MLSD_SEED)")] = None,
+    retrain: Annotated[bool, typer.Option(help="Let the retraining loop act on the alerts")] = True,
+) -> None:
+    """Inject a known change into the fraud stream; report when the monitor caught it and what retraining did."""
+    from pipelines.monitoring.scenarios import SCENARIOS, WorldConfig, run_scenario
+
+    s = settings()
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    if names[0] not in SCENARIOS:
+        fail(f"Unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)} or all.")
+    if window_size < 100:
+        fail(f"--window-size must be at least 100 predictions, got {window_size}.")
+    world = WorldConfig(seed=s.seed if seed is None else seed, customers=customers, history_days=history_days)
+    table = Table(title=f"drift tests (windows of {window_size:,} predictions)")
+    for column in ("scenario", "detected", "windows", "predictions", "false alarms", "retraining", "seconds"):
+        table.add_column(column)
+    for name in names:
+        console.rule(name)
+        with console.status(name) as spinner:
+            result = run_scenario(s, name, world, window_size, retrain, progress=lambda m: spinner.update(m))
+        d = result["detection"]
+        console.print(result["summary"], markup=False)
+        retrains = result["retraining"]["retrains"]
+        table.add_row(
+            name,
+            "-" if not result["expected_alerts"] else (d["kind"] if d["detected"] else "NO"),
+            str(d["delay_windows"] or "-"),
+            f"{d['delay_events']:,}" if d["delay_events"] is not None else "-",
+            str(len(d["false_alarm_windows"])),
+            "; ".join(
+                "failed" if r["failed"] else f"v{r['challenger_version']} {'promoted' if r['promoted'] else 'rejected'}"
+                for r in retrains
+            )
+            or "none",
+            f"{sum(result['seconds'].values()):.0f}",
+        )
+        console.print(f"JSON: {result['json']}  plot: {result['plot']}", markup=False)
+    console.print(table)
 
 
 # ---------------------------------------------------------------- infra roles
@@ -821,6 +917,13 @@ def infra_feast_apply() -> None:
 
     apply_feature_definitions(settings())
     console.print("Feast definitions applied")
+
+
+def write_json_out(path: Path | None, payload: Any) -> None:
+    """`--json-out`: the command's results as JSON, when asked for."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def fail(message: str) -> None:

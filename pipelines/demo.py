@@ -2,7 +2,8 @@
 
 Fraud: up → simulate → train (four imbalance strategies, champion registered) → stream processor and scoring
 service started as processes → the last days replayed live to Kafka while open-loop traffic hits the service →
-predictions read back from Kafka → summary. Recommendation (pipelines/recsys/demo.py) follows on the same stack.
+predictions read back from Kafka → summary. A drift incident follows (pipelines/monitoring/demo.py: shift injected,
+monitor, retraining loop, gate), then the recommendation design (pipelines/recsys/demo.py) on the same stack.
 Then the report is written and everything started here is stopped.
 """
 
@@ -190,6 +191,11 @@ def run_demo(
         (report_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(console, summary)
         sections = []
+        from pipelines.monitoring.demo import incident_report_section, run_incident_demo
+
+        console.rule("monitoring")
+        summary["incident"] = run_incident_demo(settings, console)
+        sections.append(incident_report_section(summary["incident"]))
         if interactions > 0:
             from pipelines.recsys.demo import recsys_report_section, run_recsys_demo
 

@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     )
     monitor_performance_windows: int = Field(default=6, ge=1, description="Matured windows pooled to judge decay")
 
+    # Retraining loop (pipelines/monitoring/retrain.py): which alerts retrain, how often, on how much data
+    retrain_triggers: list[str] = Field(
+        default_factory=lambda: ["data_drift", "prediction_drift", "performance_decay", "label_shift"],
+        description="Alert kinds that open an incident and retrain (data_quality never does)",
+    )
+    retrain_cooldown_hours: float = Field(
+        default=168.0, ge=0, description="Event time after a retrain during which alerts join the same incident"
+    )
+    retrain_fraud_days: float = Field(default=35.0, gt=0, description="Fraud: latest days of data a retrain fits on")
+
     # Stream processors
     stream_batch_size: int = 5000
     stream_batch_ms: int = 250

@@ -32,7 +32,7 @@ from pipelines.platform.features import (
     reset_offline,
     to_feast_timestamps,
 )
-from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, register_version
+from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, pinned_requirements, register_version
 from pipelines.settings import Settings
 
 MODEL_NAME = "fraud-xgboost"
@@ -235,7 +235,11 @@ def train_fraud(
 
         say(f"registering the '{best.strategy}' model as {MODEL_NAME}@{alias}")
         info = mlflow.xgboost.log_model(
-            models[best.strategy], name="model", input_example=x_valid.head(3), model_format="ubj"
+            models[best.strategy],
+            name="model",
+            input_example=x_valid.head(3),
+            model_format="ubj",
+            pip_requirements=pinned_requirements("mlflow", "xgboost", "numpy", "pandas", "scikit-learn"),
         )
         version = register_version(
             info.model_uri,

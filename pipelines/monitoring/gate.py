@@ -197,6 +197,17 @@ class FraudHoldout:
     holdout: Holdout
 
 
+def fraud_holdout_bounds(
+    times: pd.Series, label_delay_days: float, holdout_days: float
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(start, end] of the fraud holdout: the last `holdout_days` whose labels are final by the newest row.
+
+    A retrain fits its challenger on rows up to `start` only, so that the gate compares both models out of time.
+    """
+    final_until = pd.to_datetime(times, utc=True).max() - pd.Timedelta(days=label_delay_days)
+    return final_until - pd.Timedelta(days=holdout_days), final_until
+
+
 def fraud_holdout(
     settings: Settings, transactions: pd.DataFrame, holdout_days: float = 7, rebuild_features: bool = True
 ) -> FraudHoldout:
@@ -206,7 +217,7 @@ def fraud_holdout(
     processor already wrote) instead of backfilling the file into a scratch repo.
     """
     from pipelines.fraud.train import backfill_feature_store, training_frame
-    from pipelines.platform.features import apply_feature_definitions
+    from pipelines.platform.features import apply_feature_definitions, scratch_feature_settings
 
     if holdout_days <= 0:
         raise GateError(f"--holdout-days must be more than 0, got {holdout_days}.")
@@ -214,8 +225,7 @@ def fraud_holdout(
         raise GateError("the transactions file is empty, so there is nothing to compare the models on.")
     times = pd.to_datetime(transactions["timestamp"], utc=True)
     as_of = times.max()
-    final_until = as_of - pd.Timedelta(days=settings.fraud_label_delay_days)
-    start = final_until - pd.Timedelta(days=holdout_days)
+    start, final_until = fraud_holdout_bounds(times, settings.fraud_label_delay_days, holdout_days)
     window = ((times > start) & (times <= final_until)).to_numpy()
     if not window.any():
         raise GateError(
@@ -233,14 +243,7 @@ def fraud_holdout(
         )
     if rebuild_features:
         with tempfile.TemporaryDirectory(prefix="mlsd-gate-") as scratch_home:
-            scratch = settings.model_copy(
-                update={
-                    "home": Path(scratch_home),
-                    "feast_online_store": "sqlite",
-                    "feast_registry": "",
-                    "feast_offline_dir": "",
-                }
-            )
+            scratch = scratch_feature_settings(settings, Path(scratch_home))
             store = apply_feature_definitions(scratch)
             backfill_feature_store(scratch, transactions[(times <= final_until).to_numpy()], store)
             frame = training_frame(store, rows)

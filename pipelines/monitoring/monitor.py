@@ -57,8 +57,14 @@ if TYPE_CHECKING:
 
     from pipelines.platform.stream import Envelope
 
-AlertKind = Literal["data_drift", "prediction_drift", "data_quality", "performance_decay"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("data_drift", "prediction_drift", "data_quality", "performance_decay")
+AlertKind = Literal["data_drift", "prediction_drift", "data_quality", "performance_decay", "label_shift"]
+ALERT_KINDS: tuple[AlertKind, ...] = (
+    "data_drift",
+    "prediction_drift",
+    "data_quality",
+    "performance_decay",
+    "label_shift",
+)
 # Columns a window frame carries besides the model features and the score; never tested for drift.
 META_COLUMNS = (
     "request_id",
@@ -91,6 +97,9 @@ class Alert(BaseModel):
     event_time_end: datetime | None
     message: str
     detected_at: datetime
+    # The stream's clock when the alert was raised: the window's end for drift and quality, the label watermark
+    # for label-based alerts (a window's labels mature a delay after it). Replays compare alerts on this clock.
+    stream_time: datetime | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,6 +122,18 @@ class MonitorSpec:
     primary_metric: str
     max_drop: float = 0.3  # relative drop of the primary metric that counts as decay
     performance_windows: int = 6  # matured windows pooled for the decay decision
+    # A sudden collapse (a new attack the model cannot see) should not wait for six windows: the last
+    # `fast_windows` pooled, more than `fast_max_drop` below the baseline, also count as decay.
+    fast_windows: int = 2
+    fast_max_drop: float = 0.5
+    # With few positives a metric is noise: the fast pool grows (up to `performance_windows`) until it holds this
+    # many (the spec's `positives_metric` counts them; None: `fast_windows` as they are).
+    fast_min_positives: int = 40
+    positives_metric: str | None = None
+    # Label (prior) shift: the positive rate of the last `fast_windows` matured windows against the reference's.
+    label_rate_metric: str | None = None
+    label_shift_ratio: float = 1.5  # rate ratio beyond which (either way) the shift counts ...
+    label_shift_z: float = 4.0  # ... when a two-proportion z-test agrees it is not noise
 
 
 def _fraud_drift_config(reference: pd.DataFrame) -> DriftConfig:
@@ -201,6 +222,8 @@ def fraud_spec(
         primary_metric="average_precision",
         max_drop=max_drop,
         performance_windows=performance_windows,
+        label_rate_metric="fraud_rate",
+        positives_metric="frauds",
     )
 
 
@@ -375,11 +398,24 @@ def _alert(
         event_time_end=result.end,
         message=message,
         detected_at=datetime.now(UTC),
+        stream_time=result.end,
     )
 
 
 def _drift_alerts(result: WindowResult) -> list[Alert]:
     drift, alerts = result.drift, []
+    # Quality first: a consumer (the retraining loop) then knows a window's drift comes from a broken feed.
+    if drift.findings:
+        alerts.append(
+            _alert(
+                result,
+                "data_quality",
+                {f"{f.kind}:{f.column}": f.value for f in drift.findings},
+                {},
+                " ".join(f.message for f in drift.findings[:3])
+                + (f" (+{len(drift.findings) - 3} more)" if len(drift.findings) > 3 else ""),
+            )
+        )
     if drift.data_drift:
         drifted = {name: drift.features[name] for name in drift.drifted_features}
         alerts.append(
@@ -405,38 +441,50 @@ def _drift_alerts(result: WindowResult) -> list[Alert]:
                 f"{p.score:.3f} > {p.threshold:.2f}.",
             )
         )
-    if drift.findings:
-        alerts.append(
-            _alert(
-                result,
-                "data_quality",
-                {f"{f.kind}:{f.column}": f.value for f in drift.findings},
-                {},
-                " ".join(f.message for f in drift.findings[:3])
-                + (f" (+{len(drift.findings) - 3} more)" if len(drift.findings) > 3 else ""),
-            )
-        )
     return alerts
 
 
-def judge_performance(spec: MonitorSpec, metrics: dict[str, float], baseline: dict[str, float]) -> bool:
-    """Decay: the primary metric fell more than `max_drop` (relative) below the baseline."""
+def judge_performance(
+    spec: MonitorSpec, metrics: dict[str, float], baseline: dict[str, float], max_drop: float | None = None
+) -> bool:
+    """Decay: the primary metric fell more than `max_drop` (relative; the spec's by default) below the baseline."""
     value, expected = metrics.get(spec.primary_metric), baseline.get(spec.primary_metric)
     if value is None or expected is None or not math.isfinite(value) or not math.isfinite(expected) or expected <= 0:
         return False
-    return value < (1 - spec.max_drop) * expected
+    return value < (1 - (spec.max_drop if max_drop is None else max_drop)) * expected
 
 
-def _decay_alert(spec: MonitorSpec, result: WindowResult, metrics: dict[str, float], windows: int) -> Alert:
+def label_shift(
+    positives: float, rows: int, reference_rate: float, reference_rows: int, ratio: float, z_min: float
+) -> tuple[bool, float, float]:
+    """(shifted, rate ratio, z) of a window's positive rate against the reference's.
+
+    Both conditions must hold: the rate moved by more than `ratio` either way (a size that matters), and a
+    two-proportion z-test puts it beyond `z_min` standard errors (not the noise of a few dozen frauds).
+    """
+    if rows <= 0 or reference_rows <= 0 or not 0 < reference_rate < 1:
+        return False, float("nan"), float("nan")
+    rate = positives / rows
+    pooled = (positives + reference_rate * reference_rows) / (rows + reference_rows)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / rows + 1 / reference_rows))
+    z = (rate - reference_rate) / error if error > 0 else 0.0
+    change = rate / reference_rate
+    return (change >= ratio or change <= 1 / ratio) and abs(z) >= z_min, change, z
+
+
+def _decay_alert(
+    spec: MonitorSpec, result: WindowResult, metrics: dict[str, float], windows: int, max_drop: float | None = None
+) -> Alert:
     name = spec.primary_metric
+    drop = spec.max_drop if max_drop is None else max_drop
     value, expected = metrics[name], result.baseline[name]
     return _alert(
         result,
         "performance_decay",
         {name: round(value, 4), f"baseline_{name}": round(expected, 4)},
-        {f"min_{name}": round((1 - spec.max_drop) * expected, 4)},
+        {f"min_{name}": round((1 - drop) * expected, 4)},
         f"{result.design} {name} over {windows} matured window(s) ending at window {result.window} is {value:.3f}, "
-        f"more than {spec.max_drop:.0%} below the baseline {expected:.3f}.",
+        f"more than {drop:.0%} below the baseline {expected:.3f}.",
     )
 
 
@@ -815,10 +863,20 @@ class Monitor:
                 self.baseline_from_windows = dict(result.rolling)  # no training metric: the first full pool sets it
             result.baseline = {**result.baseline, **(self.baseline_from_windows or {})}
         result.performance_decay = full_pool and judge_performance(spec, result.rolling, result.baseline)
+        recent, recent_frame, recent_metrics = self._fast_pool(item, labels)
+        new_alerts: list[Alert] = []
         if result.performance_decay:
-            alert = _decay_alert(spec, result, result.rolling, len(self.matured))
-            result.alerts.append(alert)
-            self._publish([alert])
+            new_alerts.append(_decay_alert(spec, result, result.rolling, len(self.matured)))
+        elif recent and judge_performance(spec, recent_metrics, result.baseline, spec.fast_max_drop):
+            result.performance_decay = True
+            new_alerts.append(_decay_alert(spec, result, recent_metrics, len(recent), spec.fast_max_drop))
+        shift = self._label_shift(result, recent_metrics, len(recent_frame), item.reference) if recent else None
+        if shift is not None:
+            new_alerts.append(shift)
+        for alert in new_alerts:
+            alert.stream_time = self.watermark.to_pydatetime() if self.watermark is not None else alert.stream_time
+        result.alerts.extend(new_alerts)
+        self._publish(new_alerts)
         if result.json:
             write_json(Path(result.json), result.to_dict())
         self._summary(
@@ -841,6 +899,40 @@ class Monitor:
             self.metrics.matured(result)
         if self.on_matured:
             self.on_matured(result)
+
+    def _fast_pool(self, item: _Pending, labels: pd.DataFrame) -> tuple[list[_Pending], pd.DataFrame, dict[str, float]]:
+        """The newest matured windows, at least `fast_windows` of them and enough positives; ([], ...) if too few."""
+        spec = self.spec
+        for size in range(spec.fast_windows, len(self.matured) + 1):
+            pool = self.matured[-size:]
+            frame = pd.concat([p.frame for p in pool], ignore_index=True) if size > 1 else item.frame
+            metrics = spec.performance(frame, labels) if size > 1 else dict(item.result.performance or {})
+            if spec.positives_metric is None or metrics.get(spec.positives_metric, 0) >= spec.fast_min_positives:
+                return pool, frame, metrics
+        return [], item.frame, dict(item.result.performance or {})
+
+    def _label_shift(
+        self, result: WindowResult, metrics: dict[str, float], rows: int, reference: pd.DataFrame
+    ) -> Alert | None:
+        name, spec = self.spec.label_rate_metric, self.spec
+        if name is None or name not in metrics or name not in result.baseline or LABEL_COLUMN not in reference:
+            return None
+        rate, expected = metrics[name], result.baseline[name]
+        shifted, change, z = label_shift(
+            rate * rows, rows, expected, len(reference), spec.label_shift_ratio, spec.label_shift_z
+        )
+        result.performance = {**(result.performance or {}), f"{name}_ratio": change, f"{name}_z": z}
+        if not shifted:
+            return None
+        return _alert(
+            result,
+            "label_shift",
+            {name: round(rate, 5), f"baseline_{name}": round(expected, 5), "z": round(z, 2)},
+            {"ratio": spec.label_shift_ratio, "z": spec.label_shift_z},
+            f"{result.design} {name} over the last matured window(s) "
+            f"ending at window {result.window} is {rate:.4f}, {change:.2f}× the reference's {expected:.4f} "
+            f"(z = {z:.1f}).",
+        )
 
     # -- outputs
 

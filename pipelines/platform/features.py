@@ -62,6 +62,24 @@ def apply_feature_definitions(settings: Settings) -> FeatureStore:
     return store
 
 
+def scratch_feature_settings(settings: Settings, folder: Path) -> Settings:
+    """The same settings with a throw-away Feast repo (SQLite, local registry and offline files) in `folder`.
+
+    For jobs that backfill features only to build a training or holdout set (the gate, the retraining loop): the
+    live online store, which the stream processor keeps current, stays untouched. MLflow is pinned to the live
+    registry, whatever `home` it derived from.
+    """
+    return settings.model_copy(
+        update={
+            "home": Path(folder),
+            "feast_online_store": "sqlite",
+            "feast_registry": "",
+            "feast_offline_dir": "",
+            "mlflow_tracking_uri": settings.tracking_uri,
+        }
+    )
+
+
 def to_feast_timestamps(frame: pd.DataFrame, column: str = "event_timestamp") -> pd.DataFrame:
     """Feast stores microseconds in UTC; nanosecond timestamps fail its Arrow conversion."""
     frame = frame.copy()

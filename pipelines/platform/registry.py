@@ -2,7 +2,8 @@
 
 Names follow `<design>-<model>` and the aliases `champion` / `challenger` (never the deprecated stages).
 
-Every alias change made through this module (register, promote, reject, rollback) is also written as one run of the
+Every alias change made through this module (register, promote, reject, rollback), and every retrain the
+retraining loop starts, is also written as one run of the
 MLflow experiment `registry-audit`: tags say what changed, why, when and by whom, metrics hold the gate numbers. The
 trail lives in the same backend as the registry (SQLite locally, PostgreSQL in compose) and shows in the MLflow UI.
 
@@ -36,7 +37,9 @@ CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 AUDIT_EXPERIMENT = "registry-audit"
 Action = Literal["register", "promote", "reject", "rollback"]
-ACTIONS: tuple[str, ...] = ("register", "promote", "reject", "rollback")
+# `retrain` moves no alias: it records an incident the retraining loop acted on (pipelines/monitoring/retrain.py),
+# so that the trail shows the whole chain alert → retrain → register challenger → promote or reject.
+ACTIONS: tuple[str, ...] = ("register", "promote", "reject", "rollback", "retrain")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
@@ -352,6 +355,13 @@ def remove_alias(name: str, alias: str) -> str | None:
     if version is not None:
         _client().delete_registered_model_alias(name, alias)
     return version
+
+
+def pinned_requirements(*packages: str) -> list[str]:
+    """`package==installed version` for a logged model: MLflow would otherwise spend 8-30 s inferring them."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in packages]
 
 
 def register_version(

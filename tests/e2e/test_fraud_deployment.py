@@ -157,8 +157,15 @@ def test_moving_the_champion_under_traffic_fails_no_request_and_the_new_version_
     # Requests started after /model reported v3 (a few may have been in flight) all came from v3.
     assert set(versions[moved_at + len(threads) :]) == {"3"}
 
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
+    shadow_series = 'mlsd_predictions_total{design="fraud",served="false",variant="challenger"}'
+    deadline = time.monotonic() + 30  # shadow predictions run after their responses: the series may trail them
+    while True:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        if shadow_series in metrics or time.monotonic() > deadline:
+            break
+        post(f"{base}/score", payload(999_999))
+        time.sleep(0.5)
     assert 'mlsd_model_version_info{design="fraud",variant="champion",version="3"} 1.0' in metrics
     assert 'mlsd_model_version_info{design="fraud",variant="champion",version="1"} 0.0' in metrics
-    assert 'mlsd_predictions_total{design="fraud",served="false",variant="challenger"}' in metrics
+    assert shadow_series in metrics

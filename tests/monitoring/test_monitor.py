@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,11 +273,15 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
     producer.close()
 
     port = free_port()
-    scrapes: list[str] = []
+    scrapes: dict[tuple[str, int], str] = {}
+    local = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the port, never a proxy
 
-    def scrape(_: WindowResult) -> None:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            scrapes.append(response.read().decode())
+    def scrape(event: str) -> Callable[[WindowResult], None]:
+        def read(result: WindowResult) -> None:
+            with local.open(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+                scrapes[event, result.window] = response.read().decode()
+
+        return read
 
     run = run_monitor(
         settings,
@@ -285,8 +290,8 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
         idle_timeout=3,
         metrics_port=port,
         since=since,
-        on_window=scrape,
-        on_matured=scrape,
+        on_window=scrape("window"),
+        on_matured=scrape("matured"),
     )
 
     # windows: served records only, in arrival order
@@ -335,12 +340,14 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
     assert "terminal_risk_7d" in next(a for a in alerts if a["kind"] == "data_quality")["message"]
     assert run.alerts_published == len(alerts)
 
-    # Prometheus gauges as scraped while the monitor ran
-    last = scrapes[-1]
-    assert 'mlsd_monitor_windows_total{design="fraud"} 3.0' in last
-    assert 'mlsd_drift_score{design="fraud",feature="amount_to_avg_30d"}' in last
-    assert 'mlsd_drift_detected{design="fraud",kind="data_drift"} 1.0' in last
-    assert 'mlsd_window_performance{design="fraud",metric="average_precision"}' in last
+    # Prometheus series as scraped while the monitor ran: right after window 3, and after window 2's labels matured
+    assert sorted(scrapes) == [("matured", 1), ("matured", 2), ("window", 1), ("window", 2), ("window", 3)]
+    third_scrape = scrapes["window", 3]
+    counted = [line for line in third_scrape.splitlines() if line.startswith("mlsd_monitor_windows_total")]
+    assert counted == ['mlsd_monitor_windows_total{design="fraud"} 3.0'], counted
+    assert 'mlsd_drift_score{design="fraud",feature="amount_to_avg_30d"}' in third_scrape
+    assert 'mlsd_drift_detected{design="fraud",kind="data_drift"} 1.0' in third_scrape
+    assert 'mlsd_window_performance{design="fraud",metric="average_precision"}' in scrapes["matured", 2]
 
 
 @pytest.mark.integration

@@ -471,6 +471,7 @@ def test_one_shots_run_in_order(services: dict[str, dict[str, Any]]) -> None:
 
     assert {"simulator", "init-feast", "mlflow"} <= waits_for("trainer")
     assert {"trainer", "init-topics"} <= waits_for("scoring-service")
+    assert {"recsys-trainer", "init-topics"} <= waits_for("recommend-service")  # it logs to recsys.predictions
     assert {"trainer", "init-topics"} <= waits_for("stream-processor")
     assert {"simulator", "init-topics", "stream-processor"} <= waits_for("traffic-producer")
 
@@ -507,12 +508,14 @@ def known_metrics() -> set[str]:
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
     from pipelines.monitoring.monitor import MonitorMetrics
+    from pipelines.monitoring.retrain import RetrainMetrics
     from pipelines.platform.deployment import DeploymentMetrics
     from pipelines.platform.metrics import StreamMetrics
 
     deployment = prometheus_client.CollectorRegistry()
     DeploymentMetrics("fraud", prometheus_client, registry=deployment)
     ours = exposed_names(StreamMetrics("fraud").registry) | exposed_names(MonitorMetrics().registry)
+    ours |= exposed_names(RetrainMetrics().registry)
     ours |= exposed_names(deployment)
     # BentoML 1.4 services: RunnerTrafficMetricsMiddleware's series under the namespace of the default configuration.
     config = Path(bentoml.__file__).parent / "_internal" / "configuration" / "v2" / "default_configuration.yaml"

@@ -343,8 +343,14 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
     # Prometheus series as scraped while the monitor ran: right after window 3, and after window 2's labels matured
     assert sorted(scrapes) == [("matured", 1), ("matured", 2), ("window", 1), ("window", 2), ("window", 3)]
     third_scrape = scrapes["window", 3]
-    counted = [line for line in third_scrape.splitlines() if line.startswith("mlsd_monitor_windows_total")]
-    assert counted == ['mlsd_monitor_windows_total{design="fraud"} 3.0'], counted
+
+    def windows_counted(scrape: str) -> float:
+        line = next(x for x in scrape.splitlines() if x.startswith('mlsd_monitor_windows_total{design="fraud"}'))
+        return float(line.rsplit(" ", 1)[1])
+
+    # Two windows more than after the first. Not "3": once Feast is imported before prometheus_client, the process
+    # keeps values in multiprocess files keyed by series name, so an earlier monitor in this process counts too.
+    assert windows_counted(third_scrape) == windows_counted(scrapes["window", 1]) + 2
     assert 'mlsd_drift_score{design="fraud",feature="amount_to_avg_30d"}' in third_scrape
     assert 'mlsd_drift_detected{design="fraud",kind="data_drift"} 1.0' in third_scrape
     assert 'mlsd_window_performance{design="fraud",metric="average_precision"}' in scrapes["matured", 2]

@@ -28,7 +28,7 @@ from benchmarks.common import save, scratch_stack
 from pipelines.fraud.loadgen import payloads_from_frame
 from pipelines.fraud.simulate import config_for_size, simulate_transactions
 from pipelines.fraud.train import MODEL_NAME, train_fraud
-from pipelines.platform.infra import free_port
+from pipelines.platform.infra import free_port, stack_env
 from pipelines.platform.loadtest import LoadTestResult, run_load_test
 from pipelines.settings import Settings
 from tests.service_process import post, serving
@@ -40,13 +40,7 @@ def summary(result: LoadTestResult) -> dict[str, Any]:
 
 
 def service_env(settings: Settings, port: int, mode: str) -> dict[str, str]:
-    return {
-        "MLSD_HOME": str(settings.home),
-        "MLSD_MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "MLSD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "MLSD_FRAUD_SERVICE_PORT": str(port),
-        "MLSD_SERVING_MODE": mode,
-    }
+    return stack_env(settings, fraud_service_port=str(port), serving_mode=mode)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from benchmarks.common import RESULTS, save, scratch_stack
 from pipelines.fraud.loadgen import payloads_from_frame
 from pipelines.fraud.simulate import config_for_size, simulate_transactions
 from pipelines.fraud.train import train_fraud
-from pipelines.platform.infra import free_port, wait_for_http
+from pipelines.platform.infra import free_port, stack_env, wait_for_http
 from pipelines.platform.loadtest import find_max_rate, run_load_test, save_latency_histogram
 
 
@@ -32,13 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, scratch_stack(Path(tmp)) as settings:
         train_fraud(settings, frame)
         port = free_port()
-        env = {
-            **os.environ,
-            "MLSD_HOME": str(settings.home),
-            "MLSD_MLFLOW_TRACKING_URI": settings.tracking_uri,
-            "MLSD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "MLSD_FRAUD_SERVICE_PORT": str(port),
-        }
+        env = {**os.environ, **stack_env(settings, fraud_service_port=str(port))}
         service = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlsd"), "fraud", "serve"],
             env=env,

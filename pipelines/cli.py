@@ -639,24 +639,30 @@ def recsys_evaluate(
         result = evaluate_pipeline(
             frame, catalogue, config, fit_ranker=ranker_trainer(seed), progress=lambda m: spinner.update(m)
         )
+
+    def number(value: float) -> str:
+        return "–" if value != value else f"{value:.4f}"  # NaN: diversity without item categories
+
     table = Table(title=f"{split} split, {result['users_evaluated']:,} users, k={k}")
     for column in ("model", f"precision@{k}", f"recall@{k}", f"nDCG@{k}", f"MAP@{k}", "coverage", "diversity"):
         table.add_column(column)
     for row in result["rows"]:
         table.add_row(
             row["model"],
-            *(f"{row[key]:.4f}" for key in ("precision", "recall", "ndcg", "map", "coverage", "diversity")),
+            *(number(row[key]) for key in ("precision", "recall", "ndcg", "map", "coverage", "diversity")),
         )
     console.print(table)
     for row in result["candidate_recall"]:
         console.print(f"candidate recall@{row['n']} {row['generator']}: {row['recall']:.4f}")
-    if result.get("rerank_effects"):
+    if catalogue is None:
+        console.print("no --items file: no categories, so diversity and the re-ranking switches are not measured")
+    elif result.get("rerank_effects"):
         effects = Table(title="each re-ranking switch on the ranker's lists")
         for column in ("re-ranking", f"nDCG@{k}", f"recall@{k}", "coverage", "diversity"):
             effects.add_column(column)
         for row in result["rerank_effects"]:
             effects.add_row(
-                row["config"], *(f"{row[key]:.4f}" for key in (f"ndcg@{k}", f"recall@{k}", "coverage", "diversity"))
+                row["config"], *(number(row[key]) for key in (f"ndcg@{k}", f"recall@{k}", "coverage", "diversity"))
             )
         console.print(effects)
     write_json_out(json_out, result)

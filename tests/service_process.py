@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,3 +56,46 @@ def serving(args: list[str], env: dict[str, str], port: int, ready_s: float = 12
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def traffic_across(
+    call: Callable[[int], tuple[int, str]], change: Callable[[], None], clients: int = 3
+) -> tuple[list[tuple[int, str]], int]:
+    """`clients` threads send requests (`call(i)` → status, model version) for a second before `change()`, during
+    it and a second after. Returns every result in arrival order and how many had arrived when `change` returned."""
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        i = worker
+        while not stop.is_set():
+            results.append(call(i))
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        change()
+        changed_at = len(results)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    return results, changed_at
+
+
+def scrape_until(base: str, series: str, poke: Callable[[], object] | None = None, timeout_s: float = 30) -> str:
+    """The service's /metrics once it shows `series` (or at the deadline), poking it with a request meanwhile:
+    shadow predictions run after their responses, so their counters may trail them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        if series in metrics or time.monotonic() > deadline:
+            return metrics
+        if poke is not None:
+            poke()
+        time.sleep(0.5)

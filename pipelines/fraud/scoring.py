@@ -29,7 +29,6 @@ from pipelines.platform.deployment import (
     CHALLENGER,
     Deployment,
     DeploymentMetrics,
-    PredictionLogger,
     ServingModel,
     defer_to_event_loop,
 )
@@ -93,24 +92,13 @@ class FraudScorer:
         connect_mlflow(settings)
         self.store = open_feature_store(settings)
         self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
-        self.deployment: Deployment[FraudModel] = Deployment(
-            "fraud",
-            MODEL_NAME,
-            partial(load_fraud_model, settings),
-            settings,
-            PredictionLogger.for_design(settings, "fraud", publish),
-            metrics,
-            defer,
+        self.deployment: Deployment[FraudModel] = Deployment.serving(
+            "fraud", MODEL_NAME, partial(load_fraud_model, settings), settings, publish, metrics, defer, watch
         )
-        self.deployment.load()
-        if watch:
-            self.deployment.start()
 
     @property
     def champion(self) -> ServingModel[FraudModel]:
-        champion = self.deployment.slots.champion
-        assert champion is not None  # load() in __init__ raised otherwise
-        return champion
+        return self.deployment.champion
 
     @property
     def model_version(self) -> str:

@@ -432,9 +432,38 @@ class Deployment(Generic[M]):
             model_name, self.slots, loader, aliases, settings.model_refresh_seconds, version_of
         )
 
+    @classmethod
+    def serving(
+        cls,
+        design: str,
+        model_name: str,
+        loader: Loader[M],
+        settings: Settings,
+        publish: bool = True,
+        metrics: DeploymentMetrics | None = None,
+        defer: Callable[[Callable[[], None]], Any] = defer_to_event_loop,
+        watch: bool = True,
+    ) -> Deployment[M]:
+        """A design scorer's deployment, ready: the design's prediction log, the champion loaded and, with `watch`,
+        the aliases followed (hot reload)."""
+        deployment = cls(
+            design, model_name, loader, settings, PredictionLogger.for_design(settings, design, publish), metrics, defer
+        )
+        deployment.load()
+        if watch:
+            deployment.start()
+        return deployment
+
     @property
     def mode(self) -> str:
         return self.router.mode
+
+    @property
+    def champion(self) -> ServingModel[M]:
+        champion = self.slots.champion
+        if champion is None:
+            raise RuntimeError("no champion loaded; call load() first")
+        return champion
 
     def load(self) -> None:
         """Load the champion now (its errors propagate: no service without one), then whatever else is registered."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.settings import Settings
@@ -119,7 +123,9 @@ def _value_makers() -> dict[str, Any]:
     }
 
 
-def write_online_fast(store: FeatureStore, view_name: str, join_key: str, rows: pd.DataFrame) -> None:
+def write_online_fast(
+    store: FeatureStore, view_name: str, join_key: str, rows: pd.DataFrame, written_at: datetime | None = None
+) -> None:
     """Write rows straight into the online store through Feast's provider.
 
     `push` converts a DataFrame to Arrow and then value by value to protobuf, about 85 µs per row here; a stream
@@ -137,13 +143,205 @@ def write_online_fast(store: FeatureStore, view_name: str, join_key: str, rows: 
     columns = [rows[name].tolist() for name, _ in kinds]
     nanos = pd.to_datetime(rows["event_timestamp"], utc=True).astype("int64").tolist()
     times = [datetime.fromtimestamp(ns / 1e9, UTC) for ns in nanos]
+    # The write time (now unless given) as the rows' created timestamp: the SQLite store keeps it, and
+    # `OnlineRows.written_since` finds the rows written since a moment with it (a cache re-reads only those).
+    written = written_at or datetime.now(UTC)
     data: list[tuple[Any, dict[str, Any], datetime, datetime | None]] = []
     for i, entity in enumerate(rows[join_key].astype(str).tolist()):
         key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity)])
         values = {name: make(column[i]) for (name, make), column in zip(kinds, columns, strict=True)}
-        data.append((key, values, times[i], None))
+        data.append((key, values, times[i], written))
     # Feast's provider is the layer `push` itself writes through; there is no public batch call below `push`.
     store._get_provider().online_write_batch(store.config, view, data, progress=None)
+
+
+NUMERIC_FEAST_TYPES = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool"})
+SQLITE_KEYS_PER_QUERY = 5_000  # entity keys per `IN (...)`, well under SQLite's limit on bound parameters
+KEY_CACHE_SIZE = 200_000  # entity keys kept serialised per reader
+WRITER_CLOCK_SLACK_S = 2  # how far a writer's clock may lag: rows stamped this recently are read again
+
+
+def _plain_value(value: Any) -> Any:
+    """A Feast protobuf value as Python: a scalar as it is, a list value as a list, an unset value as None."""
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    found = getattr(value, kind)
+    return list(found.val) if kind.endswith("_list_val") else found
+
+
+class OnlineRows:
+    """Reads one feature view's online rows for many entities, without Feast's per-value Python conversions.
+
+    `get_online_features` builds a response object, converts every value through Feast's type map and checks the
+    entity keys: about 110 µs per 6-feature row, so re-reading a catalogue of 15k items cost 1.6–2.6 s of CPU
+    with the GIL held. This reads the same stored rows, on SQLite with one SQL query per 5,000 entities, on
+    other stores through the provider's `online_read` (the layer `get_online_features` ends in), and parses the
+    protobuf values directly: about 10x less CPU. Like `get_online_features`, it applies no TTL.
+
+    On SQLite it can also say which rows were written since a mark (`written_since`), from the created timestamp
+    `write_online_fast` stores with each row, so a cache can re-read only those. Other stores answer None: they
+    do not keep a write time (Redis holds the event time only), and a cache reads them in full.
+    """
+
+    def __init__(self, store: FeatureStore, view_name: str, join_key: str, features: list[str] | None = None) -> None:
+        self.config = store.config
+        self.view = store.get_feature_view(view_name)
+        self.join_key = join_key
+        types = {f.name: str(f.dtype) for f in self.view.features}
+        self.features = list(features) if features is not None else list(types)
+        unknown = [name for name in self.features if name not in types]
+        if unknown:
+            raise ValueError(f"The feature view '{view_name}' has no feature {', '.join(unknown)}; check the names.")
+        self.numeric = [name for name in self.features if types[name] in NUMERIC_FEAST_TYPES]
+        # Feast's provider is the layer `get_online_features` itself reads through (as `push` writes through it).
+        self._provider = store._get_provider()
+        self._sqlite = self._sqlite_table()
+        self._local = threading.local()
+        # Serialising a key costs ~10 µs: a cache that re-reads a catalogue keeps its keys (bounded for users).
+        self._serialized = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(self._serialize)
+        self._entity = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(self._deserialize)
+
+    def _sqlite_table(self) -> tuple[Path, str] | None:
+        online = self.config.online_store
+        if getattr(online, "type", None) != "sqlite":
+            return None
+        from feast.infra.online_stores.sqlite import _table_id
+
+        path = Path(online.path)
+        if not path.is_absolute():
+            path = Path(self.config.repo_path or ".") / path
+        versioning = getattr(self.config.registry, "enable_online_feature_view_versioning", False)
+        return path, _table_id(self.config.project, self.view, versioning)
+
+    def _connection(self) -> sqlite3.Connection:
+        """One read-only connection per thread (the request thread and a refresh thread read side by side)."""
+        assert self._sqlite is not None
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(f"file:{self._sqlite[0]}?mode=ro", uri=True, timeout=10)
+            self._local.connection = connection
+        return connection
+
+    def _entity_key(self, entity: str) -> Any:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        return EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity)])
+
+    def _serialize(self, entity: str) -> bytes:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        return serialize_entity_key(self._entity_key(entity), self.config.entity_key_serialization_version)
+
+    def _deserialize(self, serialized: bytes) -> str:
+        from feast.infra.key_encoding_utils import deserialize_entity_key
+
+        value = deserialize_entity_key(serialized, self.config.entity_key_serialization_version).entity_values[0]
+        return str(_plain_value(value))
+
+    def _frame(self, ids: list[str], values: dict[str, dict[int, Any]]) -> pd.DataFrame:
+        """Columns in `self.features` order, one row per id: numbers as float (NaN when absent), others as objects."""
+        n = len(ids)
+        columns: dict[str, Any] = {}
+        for name in self.features:
+            found = values.get(name, {})
+            if name in self.numeric:
+                column = np.full(n, np.nan)
+                if found:
+                    positions = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
+                    column[positions] = np.fromiter(
+                        (np.nan if v is None else float(v) for v in found.values()), dtype=np.float64, count=len(found)
+                    )
+            else:
+                column = np.full(n, None, dtype=object)
+                for position, value in found.items():
+                    column[position] = value
+            columns[name] = column
+        return pd.DataFrame(columns, index=pd.Index(ids, name=self.join_key, dtype=object))
+
+    def read(self, ids: list[str]) -> pd.DataFrame:
+        """The rows of these entities, once each (index `join_key`, a column per feature); NaN/None where absent."""
+        ids = list(dict.fromkeys(str(entity) for entity in ids))
+        wanted = set(self.features)
+        values: dict[str, dict[int, Any]] = {name: {} for name in self.features}
+        if self._sqlite is not None:
+            from feast.protos.feast.types.Value_pb2 import Value
+
+            parse = Value.FromString
+            positions = {self._serialized(entity): i for i, entity in enumerate(ids)}
+            keys = list(positions)
+            connection = self._connection()
+            for start in range(0, len(keys), SQLITE_KEYS_PER_QUERY):
+                chunk = keys[start : start + SQLITE_KEYS_PER_QUERY]
+                query = (
+                    f'SELECT entity_key, feature_name, value FROM "{self._sqlite[1]}" '
+                    f"WHERE entity_key IN ({','.join('?' * len(chunk))})"
+                )
+                for key, name, blob in connection.execute(query, chunk):
+                    if name in wanted:
+                        values[name][positions[key]] = _plain_value(parse(blob))
+        else:
+            # A copy of the names: the Redis store appends its timestamp field to the list it is given.
+            entity_keys = [self._entity_key(entity) for entity in ids]
+            found = self._provider.online_read(self.config, self.view, entity_keys, list(self.features))
+            for i, (_, row) in enumerate(found):
+                for name, value in (row or {}).items():
+                    if name in wanted:
+                        values[name][i] = _plain_value(value)
+        return self._frame(ids, values)
+
+    def _store_now(self) -> int:
+        """Now as the store keeps times: Feast's SQLite adapter stores a naive UTC datetime as `int(dt.timestamp())`."""
+        return int(datetime.now(UTC).replace(tzinfo=None).timestamp())
+
+    @staticmethod
+    def _next_mark(newest: int | None, now: int) -> int:
+        """Where the next `written_since` starts: after the newest row seen, but never later than `now` minus the
+        slack, because a writer whose clock is a second or two behind may still add rows stamped that recently."""
+        limit = now - WRITER_CLOCK_SLACK_S
+        return limit if newest is None else min(newest + 1, limit)
+
+    def mark(self) -> int | None:
+        """A mark for `written_since` covering every row in the view now; None if the store keeps no write time."""
+        if self._sqlite is None:
+            return None
+        now = self._store_now()
+        newest = self._connection().execute(f'SELECT max(created_ts) FROM "{self._sqlite[1]}"').fetchone()[0]
+        return self._next_mark(int(newest) if isinstance(newest, int | float) else None, now)
+
+    def written_since(self, mark: int) -> tuple[pd.DataFrame, int] | None:
+        """The rows created at or after `mark` (from `mark()` or an earlier call), and the mark that follows them.
+
+        Rows without a created timestamp (written through Feast's `push`) are always returned: nothing says they
+        did not change. None when the store keeps no write time; read everything then.
+        """
+        if self._sqlite is None:
+            return None
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        parse = Value.FromString
+        wanted = set(self.features)
+        now = self._store_now()  # before the query: a row written while it runs is read next time
+        rows = (
+            self._connection()
+            .execute(
+                f'SELECT entity_key, feature_name, value, created_ts FROM "{self._sqlite[1]}" '
+                "WHERE created_ts IS NULL OR created_ts >= ?",
+                (mark,),
+            )
+            .fetchall()
+        )
+        positions: dict[bytes, int] = {}
+        values: dict[str, dict[int, Any]] = {name: {} for name in self.features}
+        newest = mark - 1
+        for key, name, blob, created in rows:
+            position = positions.setdefault(key, len(positions))
+            if name in wanted:
+                values[name][position] = _plain_value(parse(blob))
+            if isinstance(created, int | float) and created > newest:
+                newest = int(created)
+        return self._frame([self._entity(key) for key in positions], values), self._next_mark(newest, now)
 
 
 def latest_per_entity(rows: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -42,6 +42,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stack_env(settings: Settings, **variables: str) -> dict[str, str]:
+    """The MLSD_* variables that point a child process (`mlsd ... serve`, a stream processor) at this stack:
+    its home, registry and broker, plus `variables` (MLSD_ is prefixed to each name)."""
+    return {
+        "MLSD_HOME": str(settings.home),
+        "MLSD_MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "MLSD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        **{f"MLSD_{name.upper()}": value for name, value in variables.items()},
+    }
+
+
 def require_free_port(port: int, what: str, env_var: str) -> None:
     if not port_is_free(port):
         raise PortInUse(

@@ -24,15 +24,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from feature_repo.recsys import ITEM_FEATURES, USER_FEATURES
 from pipelines.recsys.candidates import GENERATORS, Candidate, CandidateConfig, CandidateModel
 from pipelines.recsys.features import backfill_features
+from pipelines.recsys.splits import split_interactions
 
+LabelCut = Literal["temporal", "random"]
+LABEL_CUTS: tuple[str, ...] = get_args(LabelCut)
 HOUR = 3_600.0
 DAY = 86_400.0
 RECENT_SEEDS = 10  # a user's latest items compared with each candidate through the item factors
@@ -44,10 +48,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "merge_score",
     *(f"from_{name}" for name in GENERATORS),
     "als_score",
+    "als_rank",  # rank of als_score among the user's candidates, 0 best
+    "cooc_score",  # item-to-item score: mean co-occurrence similarity to the user's training items
+    "cooc_rank",
     "i2i_max_similarity",
     "i2i_mean_similarity",
-    "popularity_log",
+    "popularity_share",  # the popularity generator's score as a share of the catalogue's
     "popularity_rank_log",
+    "item_user_share",  # share of the training users who have the item, all time
     # user, as the online store holds it
     "user_events_1d",
     "user_events_7d",
@@ -55,6 +63,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "user_weight_30d",
     "user_recent_count",
     "user_hours_since_last_event",
+    "user_items_log",  # distinct training items of the user, all time
     # item, as the online store holds it
     "item_events_1d",
     "item_events_7d",
@@ -66,6 +75,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "category_share",
     "category_rank",
     "is_top_category",
+    "category_share_all",  # share of the user's training items in the candidate's category
+    "category_item_share",  # the candidate's share of its category's training users
+    "category_affinity",  # the product of the two: P(category | user) × P(item | category)
     "price_log",
     "price_ratio",
 )
@@ -164,12 +176,17 @@ class CatalogueArrays:
     """
 
     unit_factors: np.ndarray  # item factors scaled to length 1 (cosine through a dot product)
-    popularity_log: np.ndarray
+    popularity_share: np.ndarray
     popularity_rank_log: np.ndarray
     category: np.ndarray  # object array of category names
     price: np.ndarray
     created_epoch: np.ndarray
     user_mean_price: np.ndarray  # weighted mean price of each training user's items (NaN without prices)
+    item_user_share: np.ndarray  # each item's training users / all training users
+    user_items_log: np.ndarray  # log1p of each training user's distinct items
+    category_code: np.ndarray  # category index of each item
+    category_item_share: np.ndarray  # item's training users / all training users of its category's items
+    user_category: sp.csr_matrix  # training users × categories: share of the user's items in each category
 
 
 def catalogue_arrays(model: CandidateModel, items: pd.DataFrame) -> CatalogueArrays:
@@ -180,17 +197,54 @@ def catalogue_arrays(model: CandidateModel, items: pd.DataFrame) -> CatalogueArr
     order = np.argsort(-np.where(finite, popularity, -np.inf), kind="stable")
     rank = np.empty(len(order), dtype=np.float64)
     rank[order] = np.arange(len(order))
+    total_popularity = float(popularity[finite & (popularity > 0)].sum())
     table = items.reindex(model.catalogue.items)
     prices = table["price"].to_numpy(dtype=np.float64)
+    category = table["category"].to_numpy(dtype=object)
+    binary = model.seen.copy()
+    binary.data = np.ones_like(binary.data)
+    item_users = np.asarray(binary.sum(axis=0)).ravel()
+    user_items = np.diff(binary.indptr).astype(np.float64)
+    code, names = pd.factorize(pd.Series(category, dtype=object))
+    code = code.astype(np.int64)
+    one_hot = sp.csr_matrix((np.ones(len(code)), (np.arange(len(code)), code)), shape=(len(code), max(len(names), 1)))
+    category_users = np.bincount(code, weights=item_users, minlength=len(names))
+    user_category = (sp.diags(1.0 / np.maximum(user_items, 1.0)) @ (binary @ one_hot)).tocsr()
+    user_category.sort_indices()
     return CatalogueArrays(
         unit_factors=model.item_factors / np.maximum(norms, 1e-12),
-        popularity_log=np.where(finite, np.log1p(np.maximum(popularity, 0.0)), np.nan),
+        popularity_share=np.where(finite, np.maximum(popularity, 0.0), np.nan) / max(total_popularity, 1e-12),
         popularity_rank_log=np.where(finite, np.log1p(rank), np.nan),
-        category=table["category"].to_numpy(dtype=object),
+        category=category,
         price=prices,
         created_epoch=table["created_epoch"].to_numpy(dtype=np.float64),
         user_mean_price=_user_mean_price(model, prices),
+        item_user_share=item_users / max(len(user_items), 1),
+        user_items_log=np.log1p(user_items),
+        category_code=code,
+        category_item_share=item_users / np.maximum(category_users[code], 1.0),
+        user_category=user_category,
     )
+
+
+def _pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """matrix[rows[i], cols[i]] for every i, zeros included, without densifying the matrix."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.float64)
+    return np.asarray(matrix[rows, cols], dtype=np.float64).ravel()
+
+
+def rank_within_users(user_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """0 for each user's largest value, 1 for the next...; NaN stays NaN. Rows are grouped by user."""
+    group = np.r_[0, np.cumsum(user_ids[1:] != user_ids[:-1])] if len(user_ids) else np.empty(0, np.int64)
+    missing = np.isnan(values)
+    order = np.lexsort((np.where(missing, np.inf, -values), group))
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]]) if len(order) else order
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.empty(len(values), dtype=np.float64)
+    rank[order] = np.arange(len(order)) - np.repeat(starts, sizes)
+    rank[missing] = np.nan
+    return rank
 
 
 def _codes(index: Mapping[str, int], ids: np.ndarray) -> np.ndarray:
@@ -287,6 +341,15 @@ def ranking_features(
     if known.any():
         als[known] = np.einsum("ij,ij->i", model.user_factors[user_codes[known]], model.item_factors[item_codes[known]])
     out["als_score"] = als
+    out["als_rank"] = rank_within_users(user_ids, als)
+    cooc = np.full(len(pairs), np.nan)
+    if known.any():
+        present_users, score_rows = np.unique(user_codes[known], return_inverse=True)
+        scores = model.cooccurrence_scores(present_users)
+        seeds = np.maximum(np.diff(model.seen.indptr)[present_users], 1)[score_rows]
+        cooc[known] = _pair_values(scores, score_rows, item_codes[known]) / seeds
+    out["cooc_score"] = cooc
+    out["cooc_rank"] = rank_within_users(user_ids, cooc)
     # Only the users of these pairs: a reindex of the whole snapshot would cost per request what it costs per batch.
     unique_users, inverse = np.unique(user_ids.astype(str), return_inverse=True)
     users = snapshot.users.reindex(unique_users)
@@ -295,14 +358,18 @@ def ranking_features(
     out["i2i_max_similarity"], out["i2i_mean_similarity"] = _recent_similarity(
         model, arrays.unit_factors, user_ids, item_codes, recent
     )
-    out["popularity_log"] = arrays.popularity_log[item_codes]
+    out["popularity_share"] = arrays.popularity_share[item_codes]
     out["popularity_rank_log"] = arrays.popularity_rank_log[item_codes]
+    out["item_user_share"] = arrays.item_user_share[item_codes]
 
     for name in ("user_events_1d", "user_events_7d", "user_events_30d", "user_weight_30d"):
         out[name] = users[name].to_numpy(dtype=np.float64)[inverse]
     out["user_recent_count"] = users["user_recent_items"].map(len, na_action="ignore").to_numpy(np.float64)[inverse]
     last = users["user_last_event_epoch"].to_numpy(dtype=np.float64)[inverse]
     out["user_hours_since_last_event"] = (snapshot.now - last) / HOUR
+    user_items = np.full(len(pairs), np.nan)
+    user_items[known] = arrays.user_items_log[user_codes[known]]
+    out["user_items_log"] = user_items
 
     rows = snapshot.items.reindex(pairs["item_id"])
     for name in ("item_events_1d", "item_events_7d", "item_events_30d", "item_weight_7d"):
@@ -315,6 +382,11 @@ def ranking_features(
     in_store = users.notna().any(axis=1).to_numpy()[inverse]
     share, rank, top = _category_features(user_ids, arrays.category[item_codes], present, in_store)
     out["category_share"], out["category_rank"], out["is_top_category"] = share, rank, top
+    share_all = np.full(len(pairs), np.nan)
+    share_all[known] = _pair_values(arrays.user_category, user_codes[known], arrays.category_code[item_codes[known]])
+    out["category_share_all"] = share_all
+    out["category_item_share"] = arrays.category_item_share[item_codes]
+    out["category_affinity"] = share_all * out["category_item_share"]
     prices = arrays.price[item_codes]
     out["price_log"] = np.log1p(prices)
     mean_price = np.full(len(pairs), np.nan)
@@ -334,7 +406,7 @@ class TrainingSet:
     """Features and labels of (user, candidate) pairs at one cut; rows grouped by user, users sorted."""
 
     frame: pd.DataFrame  # user_id, item_id, generator, FEATURE_NAMES, label, window_weight
-    cut: pd.Timestamp
+    cut: pd.Timestamp  # the moment of the features (the time cut, or the end of the data for a random cut)
     candidates: CandidateModel  # fitted on the rows up to the cut
     snapshot: FeatureSnapshot
     items: pd.DataFrame  # item_table of `candidates`
@@ -352,6 +424,36 @@ def grade(window_weight: np.ndarray) -> np.ndarray:
     return np.digitize(np.asarray(window_weight, dtype=np.float64), LABEL_LEVELS).astype(np.float64)
 
 
+def label_cut(
+    train: pd.DataFrame, label_frac: float, how: LabelCut = "temporal", seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """(past, label rows, moment of the features): the ranker's training data mirrors the protocol it serves.
+
+    - temporal: the last `label_frac` of the time span are the labels (rows at the cut belong to the past); the
+      features are those at the cut. This is what serving does: rank today from what happened before.
+    - random: per item a seeded random `label_frac` of its rows are the labels, the same draw as the
+      random-by-item split (`pipelines.recsys.splits`), and the features are those at the end of `train`. A
+      ranker evaluated on held-out random interactions of every period must learn from the same kind of holes:
+      taught on a temporal cut it learns "what comes next", which that protocol does not ask.
+    """
+    if not 0 < label_frac < 1:
+        raise ValueError(f"label_frac must lie strictly between 0 and 1, got {label_frac!r}.")
+    if how not in LABEL_CUTS:
+        raise ValueError(f"unknown label cut {how!r}; choose one of {', '.join(LABEL_CUTS)}.")
+    times = pd.to_datetime(train["timestamp"], utc=True)
+    start, end = times.min(), times.max()
+    if how == "random":
+        past, window = split_interactions(train, "random-by-item", label_frac, seed)
+        moment = end
+    else:
+        moment = start + (end - start) * (1 - label_frac)
+        past = train[(times <= moment).to_numpy()]
+        window = train[(times > moment).to_numpy()]
+    if past.empty or window.empty:
+        raise ValueError("the training interactions are too few to cut into a past and a label window.")
+    return past, window, moment
+
+
 def training_set(
     train: pd.DataFrame,
     items: pd.DataFrame | None = None,
@@ -360,25 +462,18 @@ def training_set(
     config: CandidateConfig | None = None,
     max_users: int | None = 8_000,
     seed: int = 0,
+    cut: LabelCut = "temporal",
 ) -> TrainingSet:
-    """Cut `train` at the (1 − label_frac) time point; features and candidates before it, labels after it.
+    """Cut `train` into a past and label rows (`label_cut`); features and candidates from the past only.
 
-    Rows at the cut belong to the past. Users without a positive candidate are kept here (the ranker drops them).
-    At most `max_users` of the window's users (a seeded sample) are kept: past a few thousand groups the ranker
-    learns little more, while candidates, features and fitting grow with every user.
+    Users without a positive candidate are kept here (the ranker drops them). At most `max_users` of the label
+    rows' users (a seeded sample) are kept: past a few thousand groups the ranker learns little more, while
+    candidates, features and fitting grow with every user.
     """
-    if not 0 < label_frac < 1:
-        raise ValueError(f"label_frac must lie strictly between 0 and 1, got {label_frac!r}.")
-    times = pd.to_datetime(train["timestamp"], utc=True)
-    start, end = times.min(), times.max()
-    cut = start + (end - start) * (1 - label_frac)
-    past = train[(times <= cut).to_numpy()]
-    window = train[(times > cut).to_numpy()]
-    if past.empty or window.empty:
-        raise ValueError("the training interactions span too little time to cut into a past and a label window.")
-    catalogue = items_created_by(items, cut)
+    past, window, moment = label_cut(train, label_frac, cut, seed)
+    catalogue = items_created_by(items, moment)
     model = CandidateModel.fit(past, catalogue, config)
-    snapshot = feature_snapshot(past, catalogue, now=cut)
+    snapshot = feature_snapshot(past, catalogue, now=moment)
     table = item_table(model, catalogue)
     users = sorted(window["user_id"].astype(str).unique().tolist())
     if max_users is not None and len(users) > max_users:
@@ -394,7 +489,7 @@ def training_set(
     keys = pd.MultiIndex.from_arrays([frame["user_id"], frame["item_id"]])
     frame["window_weight"] = summed.reindex(keys).fillna(0.0).to_numpy()
     frame["label"] = grade(frame["window_weight"].to_numpy())
-    return TrainingSet(frame=frame, cut=cut, candidates=model, snapshot=snapshot, items=table)
+    return TrainingSet(frame=frame, cut=moment, candidates=model, snapshot=snapshot, items=table)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -549,11 +644,12 @@ def train_recommender(
     config: CandidateConfig | None = None,
     params: RankerParams | None = None,
     max_users: int | None = 8_000,
+    cut: LabelCut = "temporal",
 ) -> tuple[RecsysRanker, TrainingSet]:
-    """Fit the ranker on a cut of `train`, then refit the candidate model on all of `train` for serving."""
+    """Fit the ranker on a cut of `train` (`label_cut`), then refit the candidate model on all of `train`."""
     params = params or RankerParams()
     started = time.perf_counter()
-    data = training_set(train, items, label_frac, n_candidates, config, max_users, params.seed)
+    data = training_set(train, items, label_frac, n_candidates, config, max_users, params.seed, cut)
     built = time.perf_counter()
     ranker = fit_ranker(data, params)
     fitted = time.perf_counter()

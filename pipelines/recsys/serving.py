@@ -1,6 +1,16 @@
 """Recommending for one user: candidates → online features from Feast → ranker → re-ranking, timed per stage.
 
-The BentoML service in `services/recsys/service.py` is a thin shell around `Recommender`.
+Which model answers is the platform's business (`pipelines.platform.deployment`), as for fraud: the champion, a
+canary share of users (by a seeded hash of the user id, so a user sticks to one variant) on the challenger, or the
+champion with the challenger in the shadow. The shadow reuses the user row and the item table of the request, so it
+costs the challenger's own candidates, ranking and re-ranking, no Feast read. Both slots follow their registry
+aliases (`recsys-ranker@champion` / `@challenger`), reloaded off the request path.
+
+Every served and shadow recommendation is one `PredictionRecord` on `recsys.predictions`: the items in order,
+the ranker's score of the top item, and `request_features` — the few user-level numbers a drift monitor watches.
+The training run logs the same numbers for a sample of its users as the monitor's reference.
+
+`services/recsys/service.py` only wraps `Recommender` in BentoML, so tests and benchmarks call this module directly.
 """
 
 from __future__ import annotations
@@ -8,16 +18,75 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feature_repo.recsys import ITEM_FEATURES, ITEM_VIEW, USER_FEATURES, USER_VIEW
-from pipelines.platform.registry import CHAMPION
+from pipelines.platform.deployment import (
+    CHALLENGER,
+    Deployment,
+    DeploymentMetrics,
+    ServingModel,
+    defer_to_event_loop,
+)
+from pipelines.platform.predictions import PredictionRecord, Variant
+from pipelines.recsys.candidates import GENERATORS, Candidate
 from pipelines.recsys.rerank import RerankConfig, rerank
 from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.platform.features import OnlineRows
+    from pipelines.recsys.rank import RecsysRanker
+
+log = logging.getLogger("mlsd.recsys")
+
+# What the prediction log records per request, and the training reference holds per sampled user: user-level
+# numbers only (the request's user row, whether the model knows the user, where its candidates came from), so a
+# shift in who asks, or in what the candidate stage finds for them, shows up without the item table.
+USER_ACTIVITY = ("user_events_1d", "user_events_7d", "user_events_30d", "user_weight_30d")
+REQUEST_FEATURES: tuple[str, ...] = (
+    *USER_ACTIVITY,
+    "user_recent_count",
+    "known_user",
+    *(f"candidates_{name}" for name in GENERATORS),
+)
+
+
+def request_features(
+    user: Mapping[Any, Any] | None, known_user: bool, candidates: Sequence[Candidate]
+) -> dict[str, float]:
+    """The monitored numbers of one request: `user` is its online row (None without one), `candidates` its merge.
+
+    A user without a row had no events: counts are 0, not missing, so a cold-start share reads as a distribution.
+    """
+    row = user or {}
+    features = {name: _count(row.get(name)) for name in USER_ACTIVITY}
+    recent = row.get("user_recent_items")
+    features["user_recent_count"] = float(len(recent)) if isinstance(recent, list | np.ndarray) else 0.0
+    features["known_user"] = float(known_user)
+    made_by = [generator for _, _, generator in candidates]
+    for name in GENERATORS:
+        features[f"candidates_{name}"] = float(made_by.count(name))
+    return features
+
+
+def top_score(ranked: Sequence[Candidate], final: Sequence[Candidate]) -> float:
+    """The ranker's score of the item the list starts with (re-ranking may have adjusted the one it shows)."""
+    if not final:
+        return 0.0
+    first = final[0][0]
+    return next((score for item, score, _ in ranked if item == first), final[0][1])
+
+
+def _count(value: Any) -> float:
+    return 0.0 if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
 class RecommendRequest(BaseModel):
@@ -25,6 +94,16 @@ class RecommendRequest(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=64)
     k: int = Field(default=10, ge=1, le=100)
+    # When the request happened, for replays of recorded traffic: the ranker's clock (hours since an item's last
+    # event, ...) and the prediction record's time. Absent: now.
+    timestamp: datetime | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class RecommendedItem(BaseModel):
@@ -38,60 +117,152 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     known_user: bool
     model_version: str
+    variant: Variant = "champion"  # champion, or challenger for a user in the canary share
+    request_id: str = ""  # shared by this answer's record and the shadow's on recsys.predictions
     latency_ms: dict[str, float]
 
 
-def _online_rows(store: Any, view: str, key: str, ids: list[str], features: list[str]) -> pd.DataFrame:
-    """Rows of one feature view for these entity ids (NaN where an entity has no row)."""
-    response = store.get_online_features(
-        features=[f"{view}:{name}" for name in features], entity_rows=[{key: value} for value in ids]
-    ).to_dict()
-    frame = pd.DataFrame({name: response[name] for name in features}, index=pd.Index(ids, name=key))
-    for name in features:  # an entity with no row comes back as None: numbers become NaN, lists stay objects
-        if not any(isinstance(value, list | np.ndarray) for value in frame[name]):
-            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
-    return frame
+# ----------------------------------------------------------------------------------------------------------
+# The model a slot holds
 
 
-log = logging.getLogger(__name__)
+@dataclass(frozen=True)
+class RecsysModel:
+    """A registered recommender ready to answer: candidate model + ranker, and the lookups a request needs."""
+
+    recommender: RecsysRanker
+    categories: dict[str, str]  # item -> category, for the re-ranker's diversity
+
+    @property
+    def known_users(self) -> Mapping[str, int]:
+        return self.recommender.candidates.catalogue.user_index
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [str(item) for item in self.recommender.candidates.catalogue.items.tolist()]
 
 
-def _one_thread(recommender: Any) -> None:
+def _one_thread(recommender: RecsysRanker) -> None:
     """One request ranks ~150 rows: extra OpenMP threads in XGBoost and faiss only spin next to the server's."""
     import faiss
 
     faiss.omp_set_num_threads(1)
     recommender.ranker.set_params(n_jobs=1)
-    _ = recommender.arrays  # build the per-catalogue arrays now, not on the first request
+
+
+def load_recsys_model(settings: Settings, alias: str) -> ServingModel[RecsysModel]:
+    """The design's loader for the platform watcher: registry → unwrapped, single-threaded, warmed-up recommender."""
+    import mlflow.pyfunc
+
+    from pipelines.platform.deployment import alias_version
+    from pipelines.platform.registry import connect_mlflow
+    from pipelines.platform.stream import ServiceUnavailable
+    from pipelines.recsys.train import MODEL_NAME
+
+    connect_mlflow(settings)
+    version = alias_version(MODEL_NAME, alias)
+    if version is None:
+        raise ServiceUnavailable(
+            f"No model '{MODEL_NAME}' has the alias '{alias}' yet; train one first with `mlsd recsys train`."
+        )
+    # The version the alias pointed at when asked, so a concurrent promotion cannot mix two versions.
+    recommender: RecsysRanker = (
+        mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model().recommender
+    )
+    from pipelines.recsys.rank import FEATURE_NAMES
+
+    unknown = [name for name in recommender.feature_names if name not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(
+            f"{MODEL_NAME} v{version} was trained on features this code does not compute "
+            f"({', '.join(unknown[:3])}); retrain it with `mlsd recsys train`."
+        )
+    _one_thread(recommender)
+    # The per-catalogue arrays, faiss and XGBoost's predictor are built on first use: here, not in a request.
+    _ = recommender.arrays
+    users = recommender.candidates.catalogue.users
+    recommender.recommend([str(users[0]) if len(users) else "warm-up"], 10)
+    table = recommender.items
+    categories = {str(item): str(name) for item, name in table["category"].items()} if "category" in table else {}
+    return ServingModel(
+        MODEL_NAME,
+        version,
+        RecsysModel(recommender, categories),
+        info={"items": len(recommender.candidates.catalogue.items), "n_candidates": recommender.n_candidates},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The item rows, in memory
 
 
 ITEM_READ_CHUNK = 2_000
 
 
 class ItemFeatureTable:
-    """The online item rows of the whole catalogue, held in memory and re-read from Feast in the background.
+    """The online item rows of the loaded models' catalogues, held in memory, at most `refresh_seconds` old.
 
-    Reading the ~150 candidate rows from the online store on every request cost ~12 ms, half the request;
-    item windows (events per day/week/month) move slowly, so a table at most `refresh_seconds` old ranks the
-    same. User rows are still read per request: they change with every interaction.
+    Reading the ~150 candidate rows from the online store on every request cost ~12 ms, half the request; item
+    windows (events per day/week/month) move slowly, so a table refreshed in the background ranks the same. User
+    rows are still read per request: they change with every interaction.
+
+    A refresh re-reads only the rows written since the previous one when the store can say which (SQLite, from
+    the write time `write_online_fast` stores), and every row otherwise (Redis); both read through the platform's
+    `OnlineRows`, which skips Feast's per-value conversions. Re-reading all 15k rows through
+    `get_online_features` cost 1.6–3.7 s of CPU with the GIL held, long enough to stall requests for up to 0.6 s.
     """
 
-    def __init__(self, store: Any, item_ids: list[str], refresh_seconds: float) -> None:
-        self.store = store
-        self.item_ids = item_ids
+    def __init__(self, rows: OnlineRows, refresh_seconds: float) -> None:
+        self.rows = rows
         self.refresh_seconds = refresh_seconds
-        self.frame = self.read()
+        self.frame = pd.DataFrame(columns=rows.features, dtype=float).rename_axis(rows.join_key)
         self.refreshed_at = time.time()
+        self.last_refresh: dict[str, Any] = {}
+        self.refreshes = 0
+        self.failures = 0
+        self._ids: list[str] = []
+        self._covered: set[str] = set()
+        self._mark: int | None = None
+        self._lock = threading.Lock()  # one writer at a time (refresh thread, model loads); readers never wait
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def read(self) -> pd.DataFrame:
-        ids = self.item_ids
-        chunks = [
-            _online_rows(self.store, ITEM_VIEW, "item_id", ids[start : start + ITEM_READ_CHUNK], ITEM_FEATURES)
-            for start in range(0, len(ids), ITEM_READ_CHUNK)
-        ]
-        return pd.concat(chunks) if chunks else pd.DataFrame(columns=ITEM_FEATURES).rename_axis("item_id")
+    def cover(self, item_ids: Sequence[str]) -> int:
+        """Add the rows of items not held yet (a newly loaded model's catalogue); returns how many were read."""
+        with self._lock:
+            new = [item for item in dict.fromkeys(str(i) for i in item_ids) if item not in self._covered]
+            if not new:
+                return 0
+            if self._mark is None:
+                self._mark = self.rows.mark()  # before the read: rows written during it are read again next time
+            frame = self._read(new)
+            self._ids += new
+            self._covered.update(new)
+            self.frame = frame if self.frame.empty else pd.concat([self.frame, frame])
+            return len(new)
+
+    def _read(self, ids: list[str]) -> pd.DataFrame:
+        chunks = [self.rows.read(ids[start : start + ITEM_READ_CHUNK]) for start in range(0, len(ids), ITEM_READ_CHUNK)]
+        return pd.concat(chunks) if chunks else self.rows.read([])
+
+    def refresh(self) -> dict[str, Any]:
+        """One round: the changed rows where the store can tell, all rows otherwise; one reference swap at the end."""
+        started, clock = time.time(), time.perf_counter()
+        with self._lock:
+            changed = self.rows.written_since(self._mark) if self._mark is not None else None
+            if changed is None:
+                mark = self.rows.mark()
+                frame, mode, rows = self._read(self._ids), "all", len(self._ids)
+            else:
+                update, mark = changed
+                update = update[update.index.isin(self._covered)]
+                frame, mode, rows = _replace_rows(self.frame, update), "changed", len(update)
+            self._mark = mark
+            self.frame, self.refreshed_at = frame, started  # readers see the old table or the new one
+        self.refreshes += 1
+        self.last_refresh = {"mode": mode, "rows": rows, "seconds": round(time.perf_counter() - clock, 4)}
+        log.debug("item table refreshed: %s", self.last_refresh)
+        return self.last_refresh
 
     def start(self) -> None:
         if self.refresh_seconds > 0 and self._thread is None:
@@ -101,70 +272,218 @@ class ItemFeatureTable:
     def _loop(self) -> None:
         while not self._stop.wait(self.refresh_seconds):
             try:
-                frame = self.read()
+                self.refresh()
             except Exception as exc:  # keep serving the last table; the next round tries again
+                self.failures += 1
                 log.warning("item feature refresh failed, keeping the table from %.0f s ago: %s", self.age(), exc)
-                continue
-            self.frame, self.refreshed_at = frame, time.time()  # one reference swap: readers see old or new
 
     def age(self) -> float:
         return time.time() - self.refreshed_at
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "items": len(self.frame),
+            "age_seconds": round(self.age(), 1),
+            "refresh_seconds": self.refresh_seconds,
+            "refreshes": self.refreshes,
+            "failed_refreshes": self.failures,
+            "last_refresh": self.last_refresh,
+        }
+
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+
+def _replace_rows(frame: pd.DataFrame, update: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the rows of `update` replaced (rows keep their place)."""
+    if update.empty:
+        return frame
+    out = frame.copy()
+    out.loc[update.index, update.columns] = update
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Serving
+
+
+@dataclass
+class _Answer:
+    """One model's answer to one request, before it becomes a response and a record."""
+
+    final: list[Candidate]
+    features: dict[str, float]
+    score: float
+    timings: dict[str, float]
+    known_user: bool
 
 
 class Recommender:
-    def __init__(self, settings: Settings, rerank_config: RerankConfig | None = None) -> None:
-        from mlflow import MlflowClient
+    def __init__(
+        self,
+        settings: Settings,
+        rerank_config: RerankConfig | None = None,
+        publish: bool = True,
+        metrics: DeploymentMetrics | None = None,
+        watch: bool = True,
+        defer: Callable[[Callable[[], None]], Any] = defer_to_event_loop,
+    ) -> None:
+        from pipelines.platform.features import OnlineRows, open_feature_store
+        from pipelines.platform.registry import connect_mlflow
+        from pipelines.recsys.train import MODEL_NAME
 
-        from pipelines.platform.features import open_feature_store
-        from pipelines.recsys.train import MODEL_NAME, load_champion_recommender
-
-        self.recommender = load_champion_recommender(settings).unwrap_python_model().recommender
-        _one_thread(self.recommender)
-        self.model_version = str(MlflowClient().get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+        self.settings = settings
+        connect_mlflow(settings)
         self.store = open_feature_store(settings)
+        self.user_rows = OnlineRows(self.store, USER_VIEW, "user_id", USER_FEATURES)
         self.item_features = ItemFeatureTable(
-            self.store, self.recommender.candidates.catalogue.items.tolist(), settings.recsys_item_refresh_seconds
+            OnlineRows(self.store, ITEM_VIEW, "item_id", ITEM_FEATURES), settings.recsys_item_refresh_seconds
+        )
+        self.rerank_config = rerank_config or RerankConfig()
+        # The item table exists before the first load: `_load` fills it with the loaded catalogue's rows.
+        self.deployment: Deployment[RecsysModel] = Deployment.serving(
+            "recsys", MODEL_NAME, self._load, settings, publish, metrics, defer, watch
         )
         self.item_features.start()
-        self.rerank_config = rerank_config or RerankConfig()
-        table = self.recommender.items
-        self.categories = table["category"].astype(str).to_dict() if "category" in table else {}
-        self.known_users = self.recommender.candidates.catalogue.user_index
+
+    def _load(self, alias: str) -> ServingModel[RecsysModel]:
+        """The platform's loader plus the item rows of the new catalogue, read before the model can serve."""
+        model = load_recsys_model(self.settings, alias)
+        self.item_features.cover(model.model.item_ids)
+        return model
+
+    @property
+    def champion(self) -> ServingModel[RecsysModel]:
+        return self.deployment.champion
+
+    @property
+    def recommender(self) -> RecsysRanker:
+        return self.champion.model.recommender
+
+    @property
+    def model_version(self) -> str:
+        return self.champion.version
+
+    def user_row(self, user_id: str) -> pd.DataFrame:
+        """The user's online row (no rows when the store has none: its features stay NaN, as in training)."""
+        return self.user_rows.read([user_id]).dropna(how="all")
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        started = time.perf_counter()
+        # Models taken once: a hot reload during this request changes the next request, not this one.
+        assignment, model, shadow = self.deployment.assign(request.user_id)
+        at = request.timestamp or datetime.now(UTC)
+        users = self.user_row(request.user_id)
+        items = self.item_features.frame
+        features_s = time.perf_counter() - started
+        answer = self._answer(model.model, request, users, items, at)
+        answer.timings["features"] += features_s
+        request_id = uuid.uuid4().hex
+        latency_ms = {name: round(seconds * 1000, 3) for name, seconds in answer.timings.items()}
+        latency_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
+        response = RecommendResponse(
+            user_id=request.user_id,
+            items=[RecommendedItem(item_id=i, score=round(s, 6), stage=g) for i, s, g in answer.final],
+            known_user=answer.known_user,
+            model_version=model.version,
+            variant=assignment.served,
+            request_id=request_id,
+            latency_ms=latency_ms,
+        )
+        self.deployment.log(
+            _record(request, at, request_id, model, assignment.served, True, answer, latency_ms["total"])
+        )
+        if shadow is not None:
+            self.deployment.shadow.submit(
+                lambda: self._shadow(request, at, request_id, shadow, users, items, features_s)
+            )
+        return response
+
+    def _answer(
+        self, model: RecsysModel, request: RecommendRequest, users: pd.DataFrame, items: pd.DataFrame, at: datetime
+    ) -> _Answer:
         from pipelines.recsys.rank import FeatureSnapshot
 
+        recommender, timings = model.recommender, {}
         clock = time.perf_counter()
-        timings: dict[str, float] = {}
-        found = self.recommender.candidates.generate_candidates([request.user_id], self.recommender.n_candidates)
+        found = recommender.candidates.generate_candidates([request.user_id], recommender.n_candidates)
         timings["candidates"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        # An entity without an online row is left out of the snapshot, as in training (its features stay NaN).
-        users = _online_rows(self.store, USER_VIEW, "user_id", [request.user_id], USER_FEATURES).dropna(how="all")
-        snapshot = FeatureSnapshot(users=users, items=self.item_features.frame, now=time.time())
+        snapshot = FeatureSnapshot(users=users, items=items, now=at.timestamp())
+        user = users.iloc[0].to_dict() if len(users) else None
+        known = request.user_id in model.known_users
+        features = request_features(user, known, found.get(request.user_id, []))
         timings["features"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        scored = self.recommender.score(found, snapshot).sort_values("rank_score", ascending=False, kind="stable")
+        scored = recommender.score(found, snapshot).sort_values("rank_score", ascending=False, kind="stable")
         ranked = list(
             zip(scored["item_id"].astype(str), scored["rank_score"].astype(float), scored["generator"], strict=True)
         )
         timings["ranking"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        recent = users["user_recent_items"].iloc[0] if len(users) else None
+        recent = user.get("user_recent_items") if user else None
         seen = set(recent) if isinstance(recent, list | np.ndarray) else set()
-        final = rerank(ranked, request.k, self.rerank_config, seen=seen, item_category=self.categories)
+        final = rerank(ranked, request.k, self.rerank_config, seen=seen, item_category=model.categories)
         timings["reranking"] = time.perf_counter() - clock
-        timings["total"] = sum(timings.values())
-        return RecommendResponse(
-            user_id=request.user_id,
-            items=[RecommendedItem(item_id=i, score=round(s, 6), stage=g) for i, s, g in final],
-            known_user=request.user_id in self.known_users,
-            model_version=self.model_version,
-            latency_ms={name: round(seconds * 1000, 3) for name, seconds in timings.items()},
-        )
+        return _Answer(final, features, top_score(ranked, final), timings, known)
+
+    def _shadow(
+        self,
+        request: RecommendRequest,
+        at: datetime,
+        request_id: str,
+        model: ServingModel[RecsysModel],
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        features_s: float,
+    ) -> None:
+        """The challenger's answer to a request already answered, from the same user row and item table.
+
+        Its latency is the shared feature read plus its own candidates, ranking and re-ranking: what serving it
+        would have cost.
+        """
+        started = time.perf_counter()
+        answer = self._answer(model.model, request, users, items, at)
+        latency_ms = round((features_s + time.perf_counter() - started) * 1000, 3)
+        self.deployment.log(_record(request, at, request_id, model, CHALLENGER, False, answer, latency_ms))
+
+    def describe(self) -> dict[str, Any]:
+        """What /model shows: both slots, routing, reloads, the prediction log and the item table."""
+        return {**self.deployment.describe(), "item_table": self.item_features.describe()}
+
+    def close(self) -> None:
+        self.item_features.stop()
+        self.deployment.close()
+
+
+def _record(
+    request: RecommendRequest,
+    at: datetime,
+    request_id: str,
+    model: ServingModel[RecsysModel],
+    variant: Variant,
+    served: bool,
+    answer: _Answer,
+    latency_ms: float,
+) -> PredictionRecord:
+    return PredictionRecord(
+        design="recsys",
+        request_id=request_id,
+        entity_id=request.user_id,
+        timestamp=at,
+        model_name=model.name,
+        model_version=model.version,
+        variant=variant,
+        served=served,
+        features=dict(answer.features),
+        score=round(answer.score, 6),
+        decision="recommend",
+        items=[item for item, _, _ in answer.final],
+        latency_ms=latency_ms,
+    )

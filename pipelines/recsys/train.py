@@ -11,13 +11,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 
-from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, register_version
+from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, pinned_requirements, register_version
 from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.recsys.rank import RecsysRanker, TrainingSet
 
 MODEL_NAME = "recsys-ranker"
 EXPERIMENT = "recsys"
@@ -68,8 +72,14 @@ def train_recsys(
     mlflow.set_experiment(EXPERIMENT)
     started = time.perf_counter()
     recommender, data = train_recommender(interactions, items, params=RankerParams(seed=settings.seed))
+    clock = time.perf_counter()
+    reference = recsys_reference(recommender, data, interactions, seed=settings.seed)
+    reference_seconds = time.perf_counter() - clock
     with mlflow.start_run(run_name="recsys-train") as run, tempfile.TemporaryDirectory() as tmp:
         folder = recommender.save(Path(tmp) / "recommender")
+        # What the monitor compares the prediction log's windows with (pipelines/platform/drift.py).
+        reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "reference")
         mlflow.log_params(
             {
                 "interactions": len(interactions),
@@ -78,13 +88,14 @@ def train_recsys(
             }
         )
         mlflow.log_metrics({key: float(value) for key, value in recommender.timings.items()})
+        mlflow.log_metrics({"reference_seconds": reference_seconds, "reference_rows": float(len(reference))})
         mlflow.log_dict({"features": list(recommender.feature_names)}, "features.json")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=RecommenderModel(),
             artifacts={"recommender": str(folder)},
             input_example=pd.DataFrame({"user_id": [str(interactions["user_id"].iloc[0])], "k": [10]}),
-            pip_requirements=pinned_requirements(),
+            pip_requirements=pinned_requirements(*PYFUNC_PACKAGES),
         )
         tags = {
             "training_run_id": run.info.run_id,
@@ -99,18 +110,69 @@ def train_recsys(
         users=int(interactions["user_id"].nunique()),
         items=int(interactions["item_id"].nunique()),
         model_version=version,
-        seconds={"total": time.perf_counter() - started, **recommender.timings},
+        seconds={"total": time.perf_counter() - started, **recommender.timings, "reference_seconds": reference_seconds},
         training_rows=len(data.frame),
         alias=alias,
     )
 
 
-def pinned_requirements() -> list[str]:
-    """What the pyfunc needs, pinned to the installed versions: MLflow would otherwise spend ~30 s inferring them."""
-    from importlib.metadata import version
+REFERENCE_ROWS = 5_000
 
-    names = ("mlflow", "xgboost", "scikit-learn", "faiss-cpu", "implicit", "numpy", "scipy", "pandas", "pyarrow")
-    return [f"{name}=={version(name)}" for name in names]
+
+def recsys_reference(
+    recommender: RecsysRanker,
+    data: TrainingSet,
+    interactions: pd.DataFrame,
+    max_rows: int = REFERENCE_ROWS,
+    seed: int = 7,
+) -> pd.DataFrame:
+    """The prediction log's monitored numbers for requests like the training data's: the monitor's reference.
+
+    The requests are a seeded sample of the label window's interactions, so a busy user asks more often, as in
+    traffic, and users new in the window arrive as cold starts. Each is answered as serving would have answered
+    at the cut: the candidate model fitted before it, the feature rows of the cut, the trained ranker and the
+    default re-ranking. Columns: `REQUEST_FEATURES` and `score` (the ranker's score of the top item), through the
+    same functions the service logs with.
+    """
+    from pipelines.recsys.rerank import RerankConfig, rerank
+    from pipelines.recsys.serving import REQUEST_FEATURES, request_features, top_score
+
+    frame = data.frame
+    times = pd.to_datetime(interactions["timestamp"], utc=True)
+    asking = interactions.loc[(times > data.cut).to_numpy(), "user_id"].astype(str)
+    asking = asking[asking.isin(set(frame["user_id"]))]  # the window users the training set has candidates for
+    if asking.empty:
+        return pd.DataFrame(columns=[*REQUEST_FEATURES, "score"], dtype=float)
+    asking = asking.sample(min(len(asking), max_rows), random_state=seed)
+    rows = frame[frame["user_id"].isin(set(asking))]
+    scores = recommender.ranker.predict(rows[list(recommender.feature_names)].to_numpy(dtype=np.float32))
+    users = data.snapshot.users
+    known = data.candidates.catalogue.user_index
+    config = RerankConfig()
+    table = data.items
+    categories = {str(item): str(name) for item, name in table["category"].items()} if "category" in table else {}
+    answers: dict[str, dict[str, float]] = {}
+    scored = rows.assign(rank_score=scores)
+    for user, group in scored.groupby("user_id", sort=False):
+        candidates = list(zip(group["item_id"], group["merge_score"], group["generator"], strict=True))
+        ranked = sorted(
+            zip(group["item_id"], group["rank_score"].astype(float), group["generator"], strict=True),
+            key=lambda c: -c[1],
+        )
+        row = users.loc[user].to_dict() if user in users.index else None
+        recent = row.get("user_recent_items") if row else None
+        seen = set(recent) if isinstance(recent, list | np.ndarray) else set()
+        # The first item is all the record's score needs; MMR picks it the same whatever the list's length.
+        final = rerank(ranked, 1, config, seen=seen, item_category=categories)
+        answers[str(user)] = {
+            **request_features(row, str(user) in known, candidates),
+            "score": top_score(ranked, final),
+        }
+    return pd.DataFrame([answers[user] for user in asking], columns=[*REQUEST_FEATURES, "score"])
+
+
+# What the pyfunc needs, pinned to the installed versions (MLflow would otherwise spend ~30 s inferring them).
+PYFUNC_PACKAGES = ("mlflow", "xgboost", "scikit-learn", "faiss-cpu", "implicit", "numpy", "scipy", "pandas", "pyarrow")
 
 
 def load_champion_recommender(settings: Settings) -> Any:

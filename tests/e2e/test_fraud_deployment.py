@@ -6,9 +6,7 @@ test); what is under test here is serving: routing, the prediction log, hot relo
 
 from __future__ import annotations
 
-import threading
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +16,7 @@ from kafka import KafkaConsumer
 from pipelines.platform.infra import free_port
 from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC, PredictionRecord
 from tests.conftest import unique
-from tests.service_process import post, serving
+from tests.service_process import post, scrape_until, serving, traffic_across
 
 pytestmark = pytest.mark.e2e
 
@@ -124,48 +122,27 @@ def test_moving_the_champion_under_traffic_fails_no_request_and_the_new_version_
     from tests.monitoring.fraud_models import move_alias
 
     base, _ = service
-    results: list[tuple[int, str]] = []
-    stop = threading.Event()
 
-    def client(worker: int) -> None:
-        i = worker * 10_000
-        while not stop.is_set():
-            status, body = post(f"{base}/score", payload(i))
-            results.append((status, body.get("model_version", "")))
-            i += 1
+    def score(i: int) -> tuple[int, str]:
+        status, body = post(f"{base}/score", payload(10_000 + i))
+        return status, body.get("model_version", "")
 
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(1.0)
+    def move() -> None:
         move_alias("champion", "3")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and model_info(base)["champion"]["version"] != "3":
             time.sleep(0.1)
-        moved_at = len(results)
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
 
+    results, moved_at = traffic_across(score, move, clients=3)
     failures = [r for r in results if r[0] != 200]
     assert not failures, failures[:5]
     versions = [version for _, version in results]
     assert "1" in versions[:moved_at]
     # Requests started after /model reported v3 (a few may have been in flight) all came from v3.
-    assert set(versions[moved_at + len(threads) :]) == {"3"}
+    assert set(versions[moved_at + 3 :]) == {"3"}
 
     shadow_series = 'mlsd_predictions_total{design="fraud",served="false",variant="challenger"}'
-    deadline = time.monotonic() + 30  # shadow predictions run after their responses: the series may trail them
-    while True:
-        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-            metrics = response.read().decode()
-        if shadow_series in metrics or time.monotonic() > deadline:
-            break
-        post(f"{base}/score", payload(999_999))
-        time.sleep(0.5)
+    metrics = scrape_until(base, shadow_series, lambda: post(f"{base}/score", payload(999_999)))
     assert 'mlsd_model_version_info{design="fraud",variant="champion",version="3"} 1.0' in metrics
     assert 'mlsd_model_version_info{design="fraud",variant="champion",version="1"} 0.0' in metrics
     assert shadow_series in metrics

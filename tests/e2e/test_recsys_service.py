@@ -1,4 +1,8 @@
-"""The recommendation service end to end on small data: features in Feast, champion in MLflow, BentoML over HTTP."""
+"""The recommendation service end to end on small data: features in Feast, champion in MLflow, BentoML over HTTP.
+
+Its deployment features (shadow, canary, hot reload, the prediction log and the monitor's reference) are tested in
+tests/e2e/test_recsys_deployment.py.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, broker):
     from pipelines.settings import Settings
 
     home = tmp_path_factory.mktemp("recsys-e2e")
-    settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
     interactions, items = simulate_interactions(config_for_size(30_000, seed=8))
     train_recsys(settings, interactions, items)
     users, item_rows = backfill_features(interactions, items)
@@ -33,6 +37,7 @@ def service(tmp_path_factory):
     env = {
         "MLSD_HOME": str(home),
         "MLSD_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLSD_KAFKA_BOOTSTRAP": broker,  # the prediction log
         "MLSD_RECSYS_SERVICE_PORT": str(port),
     }
     with serving(["recsys", "serve"], env, port) as base:
@@ -44,7 +49,8 @@ def test_a_known_user_gets_k_unseen_items_with_stages_and_latency(service):
     user = str(interactions["user_id"].iloc[-1])
     status, body = post(f"{base}/recommend", {"user_id": user, "k": 8})
     assert status == 200, body
-    assert body["known_user"] is True and body["model_version"] == "1"
+    assert body["known_user"] is True and body["model_version"] == "1" and body["variant"] == "champion"
+    assert len(body["request_id"]) == 32
     ids = [item["item_id"] for item in body["items"]]
     assert len(ids) == 8 == len(set(ids))
     recent = set(interactions.loc[interactions["user_id"] == user, "item_id"].tail(20))

@@ -15,6 +15,7 @@ from pipelines.recsys.candidates import (
     CandidateModel,
     ann_recall,
     candidate_recall,
+    fuse,
 )
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.splits import split_interactions, test_relevance
@@ -154,9 +155,65 @@ def test_same_seed_gives_the_same_candidates(
 def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="'timestamp'"):
         CandidateModel.fit(pd.DataFrame({"user_id": ["U1"], "item_id": ["I1"]}))
-    with pytest.raises(ValueError, match="quotas"):
-        CandidateConfig(quotas=(("als", 0.8), ("popular", 0.5)))
+    with pytest.raises(ValueError, match="merge_weights"):
+        CandidateConfig(merge_weights=(("als", 1.0), ("bestsellers", 0.5)))
+    with pytest.raises(ValueError, match="every merge weight is zero"):
+        CandidateConfig(merge_weights=(("als", 0.0),))
     with pytest.raises(ValueError, match="n must be"):
         CandidateModel.fit(
             pd.DataFrame({"user_id": ["U1"], "item_id": ["I1"], "timestamp": [pd.Timestamp("2026-01-01", tz="UTC")]})
         ).generate_candidates(["U1"], 0)
+
+
+def test_fusion_rewards_agreement_and_respects_weights() -> None:
+    lists = {"als": np.array([1, 2, 3]), "item2item": np.array([4, 2, 5]), "popular": np.array([6, 7])}
+    weights = {"als": 1.0, "item2item": 1.0, "popular": 0.3}
+    codes, scores, names = fuse(lists, weights, 10, offset=20.0)
+    # item 2 is second in two lists and beats every item that only one list proposes
+    assert codes[0] == 2
+    assert scores[0] == pytest.approx(2 / 21)
+    assert set(codes.tolist()) == {1, 2, 3, 4, 5, 6, 7}
+    assert np.all(np.diff(scores) <= 0)
+    generator = dict(zip(codes.tolist(), [GENERATORS[i] for i in names.tolist()], strict=True))
+    assert generator[1] == "als" and generator[4] == "item2item" and generator[6] == "popular"
+    # a tie between the first items of ALS and item-to-item goes to the generator listed first
+    assert codes.tolist()[1:3] == [1, 4]
+    # the popular items, weighted 0.3, come after every item of a full-weight list
+    assert codes.tolist()[-2:] == [6, 7]
+    # only the n best are kept, and a zero weight leaves a list out
+    assert fuse(lists, weights, 2, 20.0)[0].tolist() == [2, 1]
+    assert set(fuse(lists, {**weights, "popular": 0.0}, 10, 20.0)[0].tolist()) == {1, 2, 3, 4, 5}
+    assert len(fuse({"als": np.array([], dtype=np.int64)}, weights, 5, 20.0)[0]) == 0
+
+
+def test_cooccurrence_links_items_that_share_users() -> None:
+    rows = [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B"), ("u3", "A"), ("u3", "C"), ("u4", "D"), ("u4", "E")]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(
+        timestamp=pd.Timestamp("2026-01-01", tz="UTC"), weight=1.0
+    )
+    small = CandidateModel.fit(frame, None, CandidateConfig(factors=2, hnsw_m=4, neighbours=2))
+    index = small.catalogue.item_index
+    similar = small.similar.toarray()
+    assert np.all(np.diag(similar) == 0)
+    assert np.all((similar > 0).sum(axis=1) <= 2)
+    assert similar[index["A"], index["B"]] > similar[index["A"], index["C"]] > 0
+    assert similar[index["A"], index["D"]] == 0
+    # a user's item-to-item scores are the summed rows of their items, their own items left out
+    user = small.catalogue.user_codes(["u3"])
+    (codes, scores) = small.item2item(user, 5, exclude_seen=True)[0]
+    assert small.catalogue.items[codes].tolist() == ["B"]
+    assert scores[0] == pytest.approx(similar[index["A"], index["B"]] + similar[index["C"], index["B"]])
+
+
+def test_item2item_follows_all_of_a_users_items(model: CandidateModel) -> None:
+    users = model.catalogue.user_codes(model.catalogue.users[:30].tolist())
+    expected = model.cooccurrence_scores(users).toarray()
+    for position, (codes, scores) in enumerate(model.item2item(users, 40, exclude_seen=True)):
+        assert len(codes) == 40
+        seen = set(model.seen.indices[model.seen.indptr[users[position]] : model.seen.indptr[users[position] + 1]])
+        assert not seen & set(codes.tolist())
+        np.testing.assert_allclose(scores, expected[position, codes], rtol=1e-6)
+        assert np.all(np.diff(scores) <= 0)
+        # nothing left out scores higher than the last item kept
+        unseen = np.setdiff1d(np.arange(expected.shape[1]), list(seen))
+        assert np.sort(expected[position, unseen])[-40] == pytest.approx(scores[-1])

@@ -19,6 +19,8 @@ from pipelines.recsys.rank import (
     TrainingSet,
     feature_snapshot,
     grade,
+    label_cut,
+    rank_within_users,
     ranking_features,
     train_recommender,
     training_set,
@@ -185,3 +187,63 @@ def test_unknown_users_get_popular_items_not_errors(
         assert len(found[known]) == 10
     with pytest.raises(ValueError, match="k must be a positive integer"):
         recommender.recommend(["nobody-1"], 0)
+
+
+def test_a_random_cut_holds_out_a_share_of_every_items_rows(
+    data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+) -> None:
+    train, _, _ = data
+    past, window, moment = label_cut(train, 0.2, "random", seed=3)
+    assert moment == pd.to_datetime(train["timestamp"], utc=True).max()
+    assert past.index.intersection(window.index).empty
+    assert len(past) + len(window) == len(train)
+    # every item keeps a past row, and about a fifth of each busy item's rows are labels
+    assert set(past["item_id"]) == set(train["item_id"])
+    counts = train["item_id"].value_counts()
+    busy = counts[counts >= 20].index
+    share = window["item_id"].value_counts().reindex(busy, fill_value=0) / counts[busy]
+    assert share.between(0.15, 0.25).all()
+    # label rows come from the whole period, not its end
+    times = pd.to_datetime(window["timestamp"], utc=True)
+    start, end = pd.to_datetime(train["timestamp"], utc=True).agg(["min", "max"])
+    assert (times < start + (end - start) / 2).mean() > 0.3
+    again, _, _ = label_cut(train, 0.2, "random", seed=3)
+    pd.testing.assert_frame_equal(again, past)
+    with pytest.raises(ValueError, match="unknown label cut"):
+        label_cut(train, 0.2, "sideways", seed=3)  # type: ignore[arg-type]
+
+
+def test_a_random_cut_builds_features_and_candidates_without_the_label_rows(
+    data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+) -> None:
+    train, _, items = data
+    original = training_set(train, items, n_candidates=N_CANDIDATES, config=CONFIG, seed=3, cut="random")
+    _, window, _ = label_cut(train, 0.2, "random", seed=3)
+    assert original.cut == pd.to_datetime(train["timestamp"], utc=True).max()
+    # the same rows (the draw depends on item ids and row order only) with other users and weights
+    rng = np.random.default_rng(1)
+    rewritten = train.copy()
+    rewritten.loc[window.index, "user_id"] = rng.permutation(window["user_id"].to_numpy())
+    rewritten.loc[window.index, "weight"] = 10.0
+    again = training_set(rewritten, items, n_candidates=N_CANDIDATES, config=CONFIG, seed=3, cut="random")
+    shared = sorted(set(original.frame["user_id"]) & set(again.frame["user_id"]))
+    assert len(shared) > 50
+    columns = ["item_id", "generator", *FEATURE_NAMES]
+    pd.testing.assert_frame_equal(
+        original.frame.set_index("user_id").loc[shared, columns], again.frame.set_index("user_id").loc[shared, columns]
+    )
+    assert not original.frame["label"].equals(again.frame["label"])
+    # labels are what each user did in the label rows
+    summed = window.groupby(["user_id", "item_id"])["weight"].sum()
+    keys = pd.MultiIndex.from_arrays([original.frame["user_id"], original.frame["item_id"]])
+    np.testing.assert_allclose(original.frame["window_weight"], summed.reindex(keys).fillna(0.0).to_numpy())
+    assert set(original.frame["user_id"]) <= set(window["user_id"])
+
+
+def test_within_user_ranks_put_the_best_first_and_keep_missing_values() -> None:
+    users = np.array(["a", "a", "a", "b", "b", "c"])
+    values = np.array([0.2, 0.9, 0.5, np.nan, 3.0, 1.0])
+    ranks = rank_within_users(users, values)
+    np.testing.assert_array_equal(ranks[:3], [2.0, 0.0, 1.0])
+    assert np.isnan(ranks[3]) and ranks[4] == 0.0 and ranks[5] == 0.0
+    assert len(rank_within_users(np.array([], dtype=object), np.array([]))) == 0

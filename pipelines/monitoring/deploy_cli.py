@@ -1,7 +1,7 @@
 """`mlsd deploy ...`: shadow and canary reports read from a design's prediction log on Kafka.
 
-Both commands read `<design>.predictions` (and, for the canary, `fraud.labels`) from the beginning without a
-consumer group, so they commit nothing and can run at any time next to the services.
+Both commands read `<design>.predictions` (and, for the canary, `fraud.labels` or `recsys.interactions`) from the
+beginning without a consumer group, so they commit nothing and can run at any time next to the services.
 """
 
 from __future__ import annotations
@@ -79,14 +79,19 @@ def shadow_report_command(
     )
     if report["pairs"]:
         diff = report["score_abs_diff"]
-        table.add_row("same decision", _pct(report["agreement"]))
+        if "lists" in report:  # recommendations
+            table.add_row("same first item", _pct(report["lists"]["same_first_item"]))
+            table.add_row("served items also in the shadow list", _pct(report["lists"]["overlap"]))
+        else:
+            table.add_row("same decision", _pct(report["agreement"]))
         table.add_row("|score diff| mean / p50 / p95", f"{diff['mean']:.4f} / {diff['p50']:.4f} / {diff['p95']:.4f}")
         corr = report["score_correlation"]
         table.add_row("score correlation", "-" if corr is None else f"{corr:.3f}")
-        table.add_row(
-            "declines served / shadow",
-            f"{report['declines']['served_declines']:,} / {report['declines']['shadow_declines']:,}",
-        )
+        if "declines" in report:
+            table.add_row(
+                "declines served / shadow",
+                f"{report['declines']['served_declines']:,} / {report['declines']['shadow_declines']:,}",
+            )
     for model, latency in report["latency_ms"].items():
         table.add_row(
             f"latency {model} p50 / p99", f"{latency['p50']:.2f} / {latency['p99']:.2f} ms ({latency['count']:,})"
@@ -104,20 +109,22 @@ def canary_report_command(
     ] = False,
     json_out: JsonOut = None,
 ) -> None:
-    """Per-variant outcomes on delayed labels (catch rate, decline precision, AP) with 95 % intervals and a verdict."""
+    """Per-variant outcomes on delayed labels with 95 % intervals and a verdict: catch rate, decline precision and
+    AP (fraud, chargebacks), hit rate and nDCG@10 (recsys, the users' later interactions)."""
     from pipelines.fraud.events import LABELS_TOPIC, LabelEvent
     from pipelines.monitoring.deployment_report import canary_report
     from pipelines.platform.predictions import PredictionRecord
 
     topic = predictions_topic(design)
-    if design != "fraud":
-        raise ValueError(f"The canary report knows the {design} design's outcomes not yet; use --design fraud.")
     settings = Settings()
     records, invalid = read_topic(settings, topic, PredictionRecord)
     if not records:
         raise ValueError(
             f"No prediction records on {topic} yet; serve with MLSD_SERVING_MODE=canary and send traffic first."
         )
+    if design == "recsys":
+        recsys_canary(settings, topic, records, invalid, json_out)
+        return
     labels, _ = read_topic(settings, LABELS_TOPIC, LabelEvent)
     mature_before = None
     if not all_predictions:
@@ -133,29 +140,67 @@ def canary_report_command(
         "invalid_records": invalid,
         **canary_report(records, labels, mature_before, seed=settings.seed),
     }
-    table = Table(title=f"canary report — {topic}")
+    print_variants(
+        f"canary report — {topic}",
+        report,
+        ("versions", _versions),
+        ("labelled predictions / frauds", lambda o: f"{o['predictions']:,} / {o['frauds']:,}"),
+        ("catch rate [95 % CI]", lambda o: f"{_pct(o['catch_rate'])} [{_interval(o['catch_rate_ci'])}]"),
+        (
+            "decline precision [95 % CI]",
+            lambda o: f"{_pct(o['decline_precision'])} [{_interval(o['decline_precision_ci'])}]",
+        ),
+        ("average precision [95 % CI]", lambda o: _value_with_interval(o, "average_precision")),
+    )
+    write_report(report, json_out)
+
+
+def _versions(outcome: dict[str, Any]) -> str:
+    return ", ".join(f"v{v} ({n:,})" for v, n in sorted(outcome["versions"].items())) or "-"
+
+
+def _value_with_interval(outcome: dict[str, Any], key: str) -> str:
+    value = outcome[key]
+    return "-" if value is None else f"{value:.3f} [{_interval(outcome[f'{key}_ci'], percent=False)}]"
+
+
+def print_variants(title: str, report: dict[str, Any], *rows: tuple[str, Any]) -> None:
+    """The champion / challenger table of a canary report, then its verdict."""
+    table = Table(title=title)
     for column in ("", "champion", "challenger"):
         table.add_column(column)
-    variants = report["variants"]
-
-    def row(name: str, render: Any) -> None:
-        table.add_row(name, *(render(variants[v]) for v in ("champion", "challenger")))
-
-    row("versions", lambda o: ", ".join(f"v{k} ({n:,})" for k, n in sorted(o["versions"].items())) or "-")
-    row("labelled predictions / frauds", lambda o: f"{o['predictions']:,} / {o['frauds']:,}")
-    row("catch rate [95 % CI]", lambda o: f"{_pct(o['catch_rate'])} [{_interval(o['catch_rate_ci'])}]")
-    row(
-        "decline precision [95 % CI]",
-        lambda o: f"{_pct(o['decline_precision'])} [{_interval(o['decline_precision_ci'])}]",
-    )
-    row(
-        "average precision [95 % CI]",
-        lambda o: (
-            "-"
-            if o["average_precision"] is None
-            else f"{o['average_precision']:.3f} [{_interval(o['average_precision_ci'], percent=False)}]"
-        ),
-    )
+    for name, render in rows:
+        table.add_row(name, *(render(report["variants"][v]) for v in ("champion", "challenger")))
     console.print(table)
     console.print(report["verdict"])
+
+
+def recsys_canary(
+    settings: Settings, topic: str, records: list[Any], invalid: int, json_out: Path | None, k: int = 10
+) -> None:
+    """The recommendation canary: each variant's served lists against what their users took within the horizon."""
+    from pipelines.monitoring.deployment_report import recsys_canary_report
+    from pipelines.monitoring.monitor import interaction_rows
+    from pipelines.recsys.events import INTERACTIONS_TOPIC, InteractionEvent
+
+    events, _ = read_topic(settings, INTERACTIONS_TOPIC, InteractionEvent)
+    if not events:
+        raise ValueError(
+            f"No interactions on {INTERACTIONS_TOPIC} yet, so no recommendation's outcome is known; replay them "
+            "with `mlsd recsys replay` (or let the stream run) first."
+        )
+    horizon = timedelta(hours=settings.monitor_recsys_horizon_hours)
+    report = {
+        "topic": topic,
+        "invalid_records": invalid,
+        **recsys_canary_report(records, interaction_rows(events), horizon, k, seed=settings.seed),
+    }
+    print_variants(
+        f"canary report — {topic} (hit = the user took one of the {k} items within {horizon})",
+        report,
+        ("versions", _versions),
+        ("recommendations with an outcome", lambda o: f"{o['predictions']:,}"),
+        ("hit rate [95 % CI]", lambda o: f"{_pct(o['hit_rate'])} [{_interval(o['hit_rate_ci'])}]"),
+        (f"nDCG@{k} [95 % CI]", lambda o: _value_with_interval(o, f"ndcg_at_{k}")),
+    )
     write_report(report, json_out)

@@ -4,11 +4,18 @@
 often they decide alike, how far their scores are apart, how fast each model was. It needs no labels, so it is
 the first check after a challenger is registered.
 
+For recommendations it also compares the two lists of each request: how often they start with the same item
+and how much of the served list the shadow list shares.
+
 `canary_report` compares the outcomes of the requests each variant *served*, once the delayed labels are in:
 fraud-catch rate, precision of declines and average precision per variant, each with a 95 % interval, and
 challenger − champion differences with a two-proportion z-test (rates) or a bootstrap (AP). Canary routing is
 by customer, so a customer's transactions stay on one variant; the tests treat transactions as independent,
 which makes the intervals a little narrow when a few customers make many transactions.
+
+`recsys_canary_report` does the same for recommendations, with the user's later interactions as the labels: hit
+rate (the user took one of the k items within the horizon) with Wilson intervals and the z-test, and nDCG@k with a
+bootstrap interval (routing is by user, with the same caveat).
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipelines.fraud.events import LabelEvent
 from pipelines.platform.predictions import PredictionRecord
@@ -108,6 +116,15 @@ def shadow_report(records: Iterable[PredictionRecord]) -> dict[str, Any]:
     }
     report["declines"] = flips
     served_model, shadow_model = _model(pairs[-1][0]), _model(pairs[-1][1])
+    if any(a.items for a, _ in pairs):  # recommendations: every decision is "recommend"; compare the lists
+        report["lists"] = list_agreement(pairs)
+        del report["declines"]
+        report["verdict"] = (
+            f"{shadow_model} in the shadow of {served_model} on {len(pairs):,} requests: same first item on "
+            f"{report['lists']['same_first_item']:.1%}, the shadow list holds {report['lists']['overlap']:.1%} of "
+            f"the served items on average, mean |top score difference| {diff.mean():.4f}."
+        )
+        return report
     report["verdict"] = (
         f"{shadow_model} in the shadow of {served_model} on {len(pairs):,} requests: same decision on "
         f"{report['agreement']:.1%}, mean |score difference| {diff.mean():.4f} (p95 {np.percentile(diff, 95):.4f}), "
@@ -115,6 +132,17 @@ def shadow_report(records: Iterable[PredictionRecord]) -> dict[str, Any]:
         f"{flips['shadow_declines']:,} where the served model declined {flips['served_declines']:,}."
     )
     return report
+
+
+def list_agreement(pairs: list[tuple[PredictionRecord, PredictionRecord]]) -> dict[str, float]:
+    """Served vs shadow recommendation lists: share starting with the same item, mean share of served items kept."""
+    same_first = [bool(a.items and b.items and a.items[0] == b.items[0]) for a, b in pairs]
+    overlap = [len(set(a.items) & set(b.items)) / len(a.items) for a, b in pairs if a.items]
+    return {
+        "same_first_item": float(np.mean(same_first)),
+        "overlap": float(np.mean(overlap)) if overlap else 0.0,
+        "mean_length": float(np.mean([len(a.items) for a, _ in pairs])),
+    }
 
 
 # ---------------------------------------------------------------- canary
@@ -228,10 +256,7 @@ def canary_report(
     for variant, outcome in outcomes.items():
         labels_array, scores = outcome.pop("_arrays")
         boots[variant] = _bootstrap_ap(labels_array, scores, rng, n_boot) if labels_array.size else np.array([])
-        finite = _finite(boots[variant])
-        outcome["average_precision_ci"] = (
-            (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else None
-        )
+        outcome["average_precision_ci"] = _percentile_interval(boots[variant])
     champion, challenger = outcomes["champion"], outcomes["challenger"]
     comparison = {
         "catch_rate": two_proportion_test(
@@ -240,7 +265,9 @@ def canary_report(
         "decline_precision": two_proportion_test(
             champion["declined_frauds"], champion["declines"], challenger["declined_frauds"], challenger["declines"]
         ),
-        "average_precision": _ap_difference(champion, challenger, boots),
+        "average_precision": _bootstrap_difference(
+            champion["average_precision"], challenger["average_precision"], boots
+        ),
     }
     report: dict[str, Any] = {
         "labelled_predictions": len(served),
@@ -253,10 +280,11 @@ def canary_report(
     return report
 
 
-def _ap_difference(
-    champion: dict[str, Any], challenger: dict[str, Any], boots: dict[str, np.ndarray]
+def _bootstrap_difference(
+    champion: float | None, challenger: float | None, boots: dict[str, np.ndarray]
 ) -> dict[str, float | None]:
-    if champion["average_precision"] is None or challenger["average_precision"] is None:
+    """challenger − champion of a metric with the 95 % interval of the bootstrapped differences."""
+    if champion is None or challenger is None:
         return {"difference": None, "ci_low": None, "ci_high": None, "p_value": None}
     differences = _finite(boots["challenger"] - boots["champion"])
     if not differences.size:
@@ -264,11 +292,16 @@ def _ap_difference(
     # Two-sided bootstrap p-value: how often the resampled difference lands on the other side of zero.
     p_value = min(1.0, 2 * min(float((differences <= 0).mean()), float((differences >= 0).mean())))
     return {
-        "difference": challenger["average_precision"] - champion["average_precision"],
+        "difference": challenger - champion,
         "ci_low": float(np.percentile(differences, 2.5)),
         "ci_high": float(np.percentile(differences, 97.5)),
         "p_value": p_value,
     }
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
+    finite = _finite(values)
+    return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else None
 
 
 def _significant(test: dict[str, float | None]) -> bool:
@@ -288,15 +321,102 @@ def canary_verdict(outcomes: dict[str, dict[str, Any]], comparison: dict[str, di
             f"{champion['predictions']:,} labelled predictions yet: wait for more chargebacks."
         )
 
-    def versions(outcome: dict[str, Any]) -> str:
-        return "/".join(f"v{v}" for v in sorted(outcome["versions"]))
-
-    parts = []
-    for name, label, scale, unit in (
+    parts, conclusion = _compared(
+        comparison,
         ("catch_rate", "catch rate", 100, " pp"),
         ("decline_precision", "decline precision", 100, " pp"),
         ("average_precision", "AP", 1, ""),
-    ):
+    )
+    return (
+        f"Challenger {_versions(challenger)} vs champion {_versions(champion)} on {challenger['predictions']:,} vs "
+        f"{champion['predictions']:,} labelled predictions ({challenger['frauds']:,} vs {champion['frauds']:,} "
+        f"frauds): {', '.join(parts)} — {conclusion}."
+    )
+
+
+# ---------------------------------------------------------------- canary, recommendations
+
+
+def recsys_canary_report(
+    records: Iterable[PredictionRecord],
+    interactions: pd.DataFrame,
+    horizon: timedelta,
+    k: int = 10,
+    n_boot: int = 500,
+    seed: int = 7,
+) -> dict[str, Any]:
+    """Outcomes of the lists each variant served, judged on the user's interactions within `horizon` after.
+
+    Only requests older than the newest interaction minus the horizon count: for newer ones the user's answer may
+    still be on its way (they would count as misses).
+    """
+    from pipelines.monitoring.monitor import recsys_hits
+    from pipelines.platform.ranking import ndcg_at_k
+
+    newest = pd.Timestamp(interactions["timestamp"].max()) if len(interactions) else None
+    served = [r for r in _unique(records) if r.served and newest is not None and r.timestamp + horizon <= newest]
+    rng = np.random.default_rng(seed)
+    outcomes: dict[str, dict[str, Any]] = {}
+    boots: dict[str, np.ndarray] = {}
+    for variant in ("champion", "challenger"):
+        rows = [r for r in served if r.variant == variant]
+        frame = pd.DataFrame({"entity_id": [r.entity_id for r in rows], "timestamp": [r.timestamp for r in rows]})
+        taken = recsys_hits(frame, interactions, pd.Timedelta(horizon))
+        hit = np.array([bool(set(r.items[:k]) & h) for r, h in zip(rows, taken, strict=True)], dtype=bool)
+        ndcg = np.array([ndcg_at_k(r.items, h, k) for r, h in zip(rows, taken, strict=True)], dtype=float)
+        boots[variant] = (
+            np.array([ndcg[rng.integers(0, ndcg.size, ndcg.size)].mean() for _ in range(n_boot)])
+            if ndcg.size
+            else np.array([])
+        )
+        outcomes[variant] = {
+            "predictions": len(rows),
+            "versions": dict(Counter(r.model_version for r in rows)),
+            "hits": int(hit.sum()),
+            "hit_rate": float(hit.mean()) if hit.size else None,
+            "hit_rate_ci": wilson_interval(int(hit.sum()), int(hit.size)),
+            f"ndcg_at_{k}": float(ndcg.mean()) if ndcg.size else None,
+            f"ndcg_at_{k}_ci": _percentile_interval(boots[variant]),
+        }
+    champion, challenger = outcomes["champion"], outcomes["challenger"]
+    comparison = {
+        "hit_rate": two_proportion_test(
+            champion["hits"], champion["predictions"], challenger["hits"], challenger["predictions"]
+        ),
+        f"ndcg_at_{k}": _bootstrap_difference(champion[f"ndcg_at_{k}"], challenger[f"ndcg_at_{k}"], boots),
+    }
+    report: dict[str, Any] = {
+        "labelled_predictions": len(served),
+        "horizon_hours": horizon.total_seconds() / 3600,
+        "k": k,
+        "mature_before": (newest - horizon).isoformat() if newest is not None else None,
+        "variants": outcomes,
+        "challenger_minus_champion": comparison,
+    }
+    if not challenger["predictions"] or not champion["predictions"]:
+        missing = "challenger" if not challenger["predictions"] else "champion"
+        report["verdict"] = f"No recommendation served by the {missing} has a known outcome yet: nothing to compare."
+        return report
+    parts, conclusion = _compared(
+        comparison, ("hit_rate", "hit rate", 100, " pp"), (f"ndcg_at_{k}", f"nDCG@{k}", 1, "")
+    )
+    report["verdict"] = (
+        f"Challenger {_versions(challenger)} vs champion {_versions(champion)} on {challenger['predictions']:,} vs "
+        f"{champion['predictions']:,} recommendations with a known outcome: {', '.join(parts)} — {conclusion}."
+    )
+    return report
+
+
+def _versions(outcome: dict[str, Any]) -> str:
+    return "/".join(f"v{v}" for v in sorted(outcome["versions"]))
+
+
+def _compared(
+    comparison: dict[str, dict[str, float | None]], *metrics: tuple[str, str, int, str]
+) -> tuple[list[str], str]:
+    """One phrase per metric (difference, 95 % CI, p) and the conclusion: what is significantly better or worse."""
+    parts = []
+    for name, label, scale, unit in metrics:
         test = comparison[name]
         difference, low, high, p_value = test["difference"], test["ci_low"], test["ci_high"], test["p_value"]
         if difference is None or low is None or high is None or p_value is None:
@@ -313,11 +433,5 @@ def canary_verdict(outcomes: dict[str, dict[str, Any]], comparison: dict[str, di
         found = "; ".join(
             ([f"better on {', '.join(better)}"] if better else []) + ([f"worse on {', '.join(worse)}"] if worse else [])
         )
-        conclusion = f"significant at 95 %: the challenger is {found}"
-    else:
-        conclusion = "no difference is significant at 95 %; keep the canary running for more labels"
-    return (
-        f"Challenger {versions(challenger)} vs champion {versions(champion)} on {challenger['predictions']:,} vs "
-        f"{champion['predictions']:,} labelled predictions ({challenger['frauds']:,} vs {champion['frauds']:,} "
-        f"frauds): {', '.join(parts)} — {conclusion}."
-    )
+        return parts, f"significant at 95 %: the challenger is {found}"
+    return parts, "no difference is significant at 95 %; keep the canary running for more labels"

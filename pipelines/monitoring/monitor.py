@@ -7,8 +7,9 @@ One loop serves both designs; what differs lives in a `MonitorSpec`:
   not the data), compare each window with the reference's same hours of day; labels are chargebacks on
   `fraud.labels`, a transaction without one `fraud_label_delay_days` after it counts as legitimate; metrics are
   average precision and precision@k, compared with the model's validation average precision;
-- recsys: watch the numeric features the service logs, against the first window when the training run logged
-  no reference; a recommendation is a hit when the user interacts with one of its items within the horizon;
+- recsys: watch the request features the service logs (`pipelines.recsys.serving.REQUEST_FEATURES`) against
+  the same numbers the training run logged for a sample of its users (the first window for a model registered
+  without them); a recommendation is a hit when the user interacts with one of its items within the horizon;
   metrics are precision@k, hit rate and nDCG@k, compared with the first matured windows.
 
 Performance is reported for a window only once its labels are complete in event time: when the label stream's
@@ -227,7 +228,8 @@ def fraud_spec(
     )
 
 
-def _recsys_label_rows(events: Sequence[BaseModel]) -> pd.DataFrame:
+def interaction_rows(events: Sequence[BaseModel]) -> pd.DataFrame:
+    """user_id, item_id, timestamp of the interaction events among `events`: the recommendation's labels."""
     interactions = [e for e in events if isinstance(e, InteractionEvent)]
     return pd.DataFrame(
         {
@@ -286,7 +288,7 @@ def recsys_spec(
         label_delay=horizon,
         label_watermark_column="timestamp",
         drift_config=drift_config,
-        label_rows=_recsys_label_rows,
+        label_rows=interaction_rows,
         performance=performance,
         baseline=lambda reference, rows: {},  # training logs no online metric: the first matured windows are it
         primary_metric=f"hit_rate_at_{k}",

@@ -13,12 +13,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.fraud.events import LabelEvent
 from pipelines.monitoring.deployment_report import (
     average_precision,
     canary_report,
+    recsys_canary_report,
     shadow_report,
     two_proportion_test,
     wilson_interval,
@@ -437,6 +439,87 @@ def test_canary_report_without_challenger_traffic_says_so() -> None:
     assert report["verdict"] == "No labelled predictions served by the challenger yet: nothing to compare."
 
 
+def recommendation(
+    request: str, user: str, items: list[str], variant: str = "champion", served: bool = True, at: datetime = T0
+) -> PredictionRecord:
+    return PredictionRecord(
+        design="recsys",
+        request_id=request,
+        entity_id=user,
+        timestamp=at,
+        model_name="recsys-ranker",
+        model_version="1" if variant == "champion" else "2",
+        variant=variant,  # type: ignore[arg-type]
+        served=served,
+        score=0.5,
+        decision="recommend",
+        items=items,
+        latency_ms=10.0,
+    )
+
+
+@pytest.mark.unit
+def test_the_recsys_shadow_report_compares_the_two_lists_not_the_decisions() -> None:
+    records = [
+        recommendation("q1", "u1", ["a", "b", "c", "d"]),
+        recommendation("q1", "u1", ["a", "c", "x", "y"], "challenger", served=False),  # same first, 2 of 4 shared
+        recommendation("q2", "u2", ["e", "f", "g", "h"]),
+        recommendation("q2", "u2", ["f", "e", "g", "h"], "challenger", served=False),  # other first, all 4 shared
+    ]
+    report = shadow_report(records)
+    assert report["lists"] == {"same_first_item": 0.5, "overlap": pytest.approx(0.75), "mean_length": 4.0}
+    assert "declines" not in report
+    assert "same first item on 50.0%, the shadow list holds 75.0% of the served items" in report["verdict"]
+
+
+def recsys_canary_log(hit_rates: dict[str, float], users: int = 600) -> tuple[list[PredictionRecord], pd.DataFrame]:
+    """Each variant serves `users` users one list; a share `hit_rates[variant]` of them take its first item later."""
+    records, taken = [], []
+    for variant, rate in hit_rates.items():
+        for i in range(users):
+            user = f"{variant}-u{i}"
+            records.append(recommendation(f"{user}-q", user, [f"{user}-i{j}" for j in range(10)], variant))
+            if i < rate * users:
+                taken.append((user, f"{user}-i0", T0 + timedelta(hours=2)))
+            else:
+                taken.append((user, "something-else", T0 + timedelta(hours=2)))
+    taken.append(("someone", "x", T0 + timedelta(days=3)))  # the clock of the interaction stream
+    interactions = pd.DataFrame(taken, columns=["user_id", "item_id", "timestamp"])
+    interactions["timestamp"] = pd.to_datetime(interactions["timestamp"], utc=True)
+    return records, interactions
+
+
+@pytest.mark.unit
+def test_the_recsys_canary_report_judges_hit_rate_and_ndcg_on_later_interactions() -> None:
+    records, interactions = recsys_canary_log({"champion": 0.2, "challenger": 0.3})
+    report = recsys_canary_report(records, interactions, timedelta(hours=24), n_boot=200)
+    champion, challenger = report["variants"]["champion"], report["variants"]["challenger"]
+    assert (champion["predictions"], champion["hits"], challenger["hits"]) == (600, 120, 180)
+    assert champion["hit_rate"] == pytest.approx(0.2) and challenger["hit_rate"] == pytest.approx(0.3)
+    assert challenger["ndcg_at_10"] == pytest.approx(0.3)  # a hit on the first of 10 items with one relevant item
+    low, high = champion["hit_rate_ci"]
+    assert low < 0.2 < high
+    assert report["challenger_minus_champion"]["hit_rate"]["p_value"] < 0.001
+    assert "significant at 95 %: the challenger is better on hit rate, ndcg at 10" in report["verdict"]
+    json.dumps(report)
+
+    # a request newer than the newest interaction minus the horizon has no known outcome yet
+    late = recommendation("late", "late-user", ["z"], "challenger", at=T0 + timedelta(days=2, hours=12))
+    assert (
+        recsys_canary_report(records + [late], interactions, timedelta(hours=24), n_boot=20)["labelled_predictions"]
+        == 1200
+    )
+
+
+@pytest.mark.unit
+def test_the_recsys_canary_report_without_challenger_traffic_says_so() -> None:
+    records, interactions = recsys_canary_log({"champion": 0.2}, users=50)
+    report = recsys_canary_report(records, interactions, timedelta(hours=24), n_boot=20)
+    assert (
+        report["verdict"] == "No recommendation served by the challenger has a known outcome yet: nothing to compare."
+    )
+
+
 # ---------------------------------------------------------------- real MLflow, Feast and Kafka
 
 
@@ -679,6 +762,35 @@ def test_deploy_reports_read_the_prediction_log_to_its_end(
     assert report["variants"]["champion"]["frauds"] >= len(mine)
     assert report["mature_before"] is None and report["verdict"]
     assert "canary report" in canary.output
+
+    # The recommendation log: lists compared in the shadow report, later interactions as the canary's outcomes.
+    from pipelines.platform.predictions import RECSYS_PREDICTIONS_TOPIC
+    from pipelines.recsys.events import INTERACTIONS_TOPIC, InteractionEvent
+
+    producer = make_producer(kafka_settings)
+    for i, request in enumerate(mine):
+        user, variant = f"{request}-user", ("champion", "challenger")[i % 2]
+        producer.send(RECSYS_PREDICTIONS_TOPIC, encode(recommendation(request, user, ["a", "b"], variant)))
+        producer.send(RECSYS_PREDICTIONS_TOPIC, encode(recommendation(request, user, ["b", "a"], "challenger", False)))
+        taken = InteractionEvent(user_id=user, item_id="a", event_type="click", timestamp=T0 + timedelta(hours=1))
+        producer.send(INTERACTIONS_TOPIC, encode(taken))
+    producer.send(
+        INTERACTIONS_TOPIC,
+        encode(InteractionEvent(user_id="clock", item_id="z", event_type="view", timestamp=T0 + timedelta(days=2))),
+    )
+    producer.flush()
+    producer.close()
+    shadow = runner.invoke(
+        app, ["deploy", "shadow-report", "--design", "recsys", "--json-out", str(tmp_path / "recsys-shadow.json")]
+    )
+    assert shadow.exit_code == 0, shadow.output
+    assert "lists" in json.loads((tmp_path / "recsys-shadow.json").read_text())
+    canary = runner.invoke(
+        app, ["deploy", "canary-report", "--design", "recsys", "--json-out", str(tmp_path / "recsys-canary.json")]
+    )
+    assert canary.exit_code == 0, canary.output
+    report = json.loads((tmp_path / "recsys-canary.json").read_text())
+    assert report["variants"]["challenger"]["hits"] >= len(mine) // 2 and report["verdict"]
 
 
 @pytest.mark.integration

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
-
-SCRIPTS = [
-    ["benchmarks.stream_features"],
-    ["benchmarks.stream_features", "--online-store", "redis"],
-    ["benchmarks.scoring_latency"],
-    ["benchmarks.training_time"],
-    ["benchmarks.backtest_2m"],
-    ["benchmarks.recsys_serving"],
-    ["benchmarks.hot_reload"],
-    ["benchmarks.drift_detection"],
-]
+import tempfile
 
 if __name__ == "__main__":
-    failed = [s for s in SCRIPTS if subprocess.call([sys.executable, "-m", *s]) != 0]
+    with tempfile.TemporaryDirectory() as recsys:  # trained once, served with and without the live stream
+        scripts = [
+            ["benchmarks.stream_features"],
+            ["benchmarks.stream_features", "--online-store", "redis"],
+            ["benchmarks.scoring_latency"],
+            ["benchmarks.training_time"],
+            ["benchmarks.backtest_2m"],
+            ["benchmarks.recsys_serving", "--workdir", recsys],
+            ["benchmarks.recsys_serving", "--workdir", recsys, "--replay-rate", "0"],
+            ["benchmarks.hot_reload"],
+            ["benchmarks.drift_detection"],
+        ]
+        failed = [s for s in scripts if subprocess.call([sys.executable, "-m", *s]) != 0]
     if failed:
         sys.exit(f"benchmarks failed: {failed}")

@@ -51,9 +51,6 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 NEVER_TRIGGERS = ("data_quality",)
-# Alerts a broken feed raises by itself: ignored for a window that failed data quality. A model scoring garbage
-# inputs loses precision too, so decay over such a window says nothing about the model.
-FEED_DEPENDENT = ("data_drift", "prediction_drift", "performance_decay")
 # Fraud features look back 30 days: the gate's holdout needs that much history before it to be built.
 FRAUD_FEATURE_LOOKBACK = pd.Timedelta(days=31)
 
@@ -112,8 +109,8 @@ def judge_alert(
 ) -> Judgement:
     """Whether this alert opens an incident (retrain), belongs to the open one (join) or is ignored, and why.
 
-    `broken_windows`: windows of this design that failed data-quality checks; their drift, and a decay judged up
-    to them, are the broken feed's (label shift is not: the labels do not pass through the feed).
+    `broken_windows`: windows of this design that failed data-quality checks: whatever else they raise (drift, a
+    decay or a fraud rate judged up to them) is measured on the broken feed's records.
     """
     if alert.kind in NEVER_TRIGGERS:
         return Judgement(
@@ -121,11 +118,11 @@ def judge_alert(
             f"{alert.kind} alerts do not retrain: fix the feed upstream (a model refit on broken data learns the "
             "breakage).",
         )
-    if alert.kind in FEED_DEPENDENT and alert.window in broken_windows:
+    if alert.window in broken_windows:
         return Judgement(
             "ignore",
-            f"window {alert.window} also failed data-quality checks, so its {alert.kind.replace('_', ' ')} comes "
-            "from the broken feed; no retrain until the feed is fixed.",
+            f"window {alert.window} also failed data-quality checks, so its {alert.kind.replace('_', ' ')} is "
+            "measured on the broken feed's records; no retrain until the feed is fixed.",
         )
     if alert.kind not in policy.triggers:
         return Judgement("ignore", f"{alert.kind} is not among MLSD_RETRAIN_TRIGGERS.")

@@ -63,9 +63,10 @@ def test_data_quality_never_retrains_and_taints_the_same_windows_drift() -> None
     tainted = judge_alert(POLICY, alert("data_drift", window=5), None, "1", frozenset({5}))
     assert tainted.verdict == "ignore" and "data-quality" in tainted.reason
     assert judge_alert(POLICY, alert("data_drift", window=6), None, "1", frozenset({5})).verdict == "retrain"
-    # a model scoring broken inputs decays too: not a reason to retrain; the labels' own shift still is
-    assert judge_alert(POLICY, alert("performance_decay", window=5), None, "1", frozenset({5})).verdict == "ignore"
-    assert judge_alert(POLICY, alert("label_shift", window=5), None, "1", frozenset({5})).verdict == "retrain"
+    # a model scoring broken inputs decays too, and the window's fraud rate is counted on the broken records
+    for kind in ("performance_decay", "label_shift"):
+        assert judge_alert(POLICY, alert(kind, window=5), None, "1", frozenset({5})).verdict == "ignore"
+    assert judge_alert(POLICY, alert("label_shift", window=6), None, "1", frozenset({5})).verdict == "retrain"
 
 
 @pytest.mark.unit

@@ -33,9 +33,16 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import RESULTS, save, scratch_stack
-from pipelines.demo import wait_for_log
 from pipelines.platform.dataio import split_history_live
-from pipelines.platform.infra import free_port, running, stack_env, start_process, stop_process, wait_for_http
+from pipelines.platform.infra import (
+    free_port,
+    running,
+    stack_env,
+    start_process,
+    stop_process,
+    wait_for_http,
+    wait_for_log,
+)
 from pipelines.platform.loadtest import LoadTestResult, find_max_rate, run_load_test, save_latency_histogram
 from pipelines.recsys.demo import stage_latency
 from pipelines.recsys.loadgen import payloads_from_interactions
@@ -157,7 +164,7 @@ def main() -> None:
         try:
             stream_json = folder / "stream.json"
             stream_json.unlink(missing_ok=True)
-            start_process(
+            stream = start_process(
                 settings,
                 "recsys-stream",
                 [*mlsd, "recsys", "stream", "--items", str(folder / "items.parquet")]
@@ -165,7 +172,7 @@ def main() -> None:
                 env,
             )
             names.append("recsys-stream")
-            wait_for_log(settings.run_dir / "recsys-stream.log", "consuming", 600)  # online store seeded
+            wait_for_log(stream, "consuming", 600)  # online store seeded
             service = start_process(settings, "recsys-service", [*mlsd, "recsys", "serve"], env)
             names.append("recsys-service")
             base = f"http://127.0.0.1:{port}"

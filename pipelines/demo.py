@@ -35,18 +35,6 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def wait_for_log(log: Path, text: str, timeout_s: float) -> None:
-    """Wait until a background process has written `text` to its log (it has finished starting)."""
-    from pipelines.platform.stream import ServiceUnavailable
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.5)
-    raise ServiceUnavailable(f"A background process did not finish starting within {timeout_s:.0f} s; see {log}.")
-
-
 def read_decisions(settings: Settings) -> pd.DataFrame:
     """The served predictions on `fraud.predictions`, read from the start without a consumer group."""
     from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC, PredictionRecord
@@ -79,6 +67,7 @@ def run_demo(
         start_process,
         stop_process,
         wait_for_http,
+        wait_for_log,
     )
     from pipelines.platform.loadtest import run_load_test, save_latency_histogram
 
@@ -114,7 +103,7 @@ def run_demo(
         stream_json = report_dir / "stream.json"
         stream_json.unlink(missing_ok=True)
         mlsd = [sys.executable, "-m", "pipelines"]
-        start_process(
+        stream = start_process(
             settings,
             "fraud-stream",
             [
@@ -137,7 +126,7 @@ def run_demo(
             wait_for_http(f"{service}/readyz", 120, "The fraud scoring service", settings.run_dir / "fraud-service.log")
         console.print(f"[green]scoring service ready[/green] at {service} (OpenAPI docs at {service}/docs)")
         with console.status("waiting for the stream processor to rebuild its window state from the history"):
-            wait_for_log(settings.run_dir / "fraud-stream.log", "consuming", 180)
+            wait_for_log(stream, "consuming", 180)
         payloads = payloads_from_frame(live)
         with console.status("warming up the scoring service"):
             run_load_test(f"{service}/score", lambda i: payloads[-1 - i % len(payloads)], 50, 4)

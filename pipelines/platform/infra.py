@@ -92,6 +92,26 @@ class ManagedProcess:
     name: str
     pid: int
     log: Path
+    log_offset: int = 0  # the log's size when this process started: earlier runs' lines come before it
+
+
+def wait_for_log(process: ManagedProcess, text: str, timeout_s: float) -> None:
+    """Wait until `process` has written `text` to its log (it has finished starting).
+
+    Only what this process wrote counts: logs are appended to, and a line from an earlier run must not release
+    the wait while this run is still starting.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.log.exists():
+            with process.log.open("rb") as log:
+                log.seek(process.log_offset)
+                if text in log.read().decode(errors="replace"):
+                    return
+        if not _alive(process.pid):
+            raise ServiceUnavailable(f"{process.name} stopped while starting; see {process.log}.")
+        time.sleep(0.5)
+    raise ServiceUnavailable(f"{process.name} did not finish starting within {timeout_s:.0f} s; see {process.log}.")
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -104,6 +124,7 @@ def start_process(
     """Start a background process in its own session, logging to `<home>/run/<name>.log`."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     log = settings.run_dir / f"{name}.log"
+    offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         process = subprocess.Popen(
             command,
@@ -114,7 +135,7 @@ def start_process(
             env={**os.environ, **(env or {})},
         )
     _pid_file(settings, name).write_text(str(process.pid))
-    return ManagedProcess(name, process.pid, log)
+    return ManagedProcess(name, process.pid, log, offset)
 
 
 def _alive(pid: int) -> bool:

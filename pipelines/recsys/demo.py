@@ -43,9 +43,15 @@ def run_recsys_demo(
     settings: Settings, console: Console, n_interactions: int, rps: float, duration: float
 ) -> dict[str, Any]:
     """Assumes the embedded stack is up; stops every process it starts."""
-    from pipelines.demo import wait_for_log
     from pipelines.platform.dataio import split_history_live, write_table
-    from pipelines.platform.infra import require_free_port, running, start_process, stop_process, wait_for_http
+    from pipelines.platform.infra import (
+        require_free_port,
+        running,
+        start_process,
+        stop_process,
+        wait_for_http,
+        wait_for_log,
+    )
     from pipelines.platform.loadtest import run_load_test, save_latency_histogram
     from pipelines.recsys.evaluate import EvaluateConfig, evaluate_pipeline, ranker_trainer
     from pipelines.recsys.loadgen import payloads_from_interactions
@@ -84,7 +90,7 @@ def run_recsys_demo(
     stream_json.unlink(missing_ok=True)
     processes: list[str] = []
     try:
-        start_process(
+        stream = start_process(
             settings,
             "recsys-stream",
             [
@@ -105,7 +111,7 @@ def run_recsys_demo(
         # The processor seeds the online store with the history's newest rows before it consumes; the service
         # reads the catalogue's item rows when it starts, so it starts after that.
         with console.status("stream processor: rebuilding its state from the history, seeding the online store"):
-            wait_for_log(settings.run_dir / "recsys-stream.log", "consuming", 300)
+            wait_for_log(stream, "consuming", 300)
         start_process(settings, "recsys-service", [*mlsd, "recsys", "serve"])
         processes.append("recsys-service")
         service = f"http://127.0.0.1:{settings.recsys_service_port}"

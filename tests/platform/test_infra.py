@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import urllib.request
 
 import pytest
@@ -14,8 +15,11 @@ from pipelines.platform.infra import (
     stack_down,
     start_broker,
     start_mlflow,
+    start_process,
     stop_process,
+    wait_for_log,
 )
+from pipelines.platform.stream import ServiceUnavailable
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -53,3 +57,25 @@ def test_broker_and_mlflow_server_start_and_stop(tmp_path):
     finally:
         stop_process(settings, "kafka")
         stop_process(settings, "mlflow")
+
+
+def test_waiting_for_a_log_line_ignores_what_an_earlier_run_wrote(tmp_path):
+    settings = Settings(home=tmp_path)
+    script = "import time; time.sleep(1.5); print('consuming', flush=True); time.sleep(30)"
+    first = start_process(settings, "worker", [sys.executable, "-c", "print('consuming', flush=True)"])
+    wait_for_log(first, "consuming", 10)
+    second = start_process(settings, "worker", [sys.executable, "-c", script])
+    assert second.log == first.log and second.log_offset > 0
+    try:
+        with pytest.raises(ServiceUnavailable, match="worker did not finish starting within 1 s"):
+            wait_for_log(second, "consuming", 1)  # the first run's line is in the file, not this run's
+        wait_for_log(second, "consuming", 10)
+    finally:
+        stop_process(settings, "worker")
+
+
+def test_a_process_that_dies_while_starting_is_reported_at_once(tmp_path):
+    settings = Settings(home=tmp_path)
+    process = start_process(settings, "worker", [sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(ServiceUnavailable, match=f"worker stopped while starting; see {process.log}"):
+        wait_for_log(process, "consuming", 30)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from kafka import KafkaConsumer
@@ -100,6 +102,37 @@ def test_offsets_are_committed_only_after_the_sink_succeeds(kafka_settings):
     )
     consumer.close()
     assert again == []  # and once written, it was committed
+
+
+def test_a_trickle_of_events_is_gathered_into_micro_batches(kafka_settings):
+    topic = unique("test.readings")
+    ensure_topics(kafka_settings, [topic, topic + DLQ_SUFFIX])
+    producer = make_producer(kafka_settings)
+    consumer = make_consumer(kafka_settings, [topic], unique("group"))
+    while not consumer.assignment():  # joined before the trickle starts, so the first events open a batch
+        consumer.poll(timeout_ms=100)
+
+    def trickle() -> None:  # 40 events over ~2 s
+        for i in range(40):
+            producer.send(topic, json.dumps({"sensor": f"s{i}", "value": i}).encode())
+            producer.flush()
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    batches: list[list[str]] = []
+    run_micro_batches(
+        consumer,
+        producer,
+        {topic: Reading},
+        lambda batch: batches.append([e.event.sensor for e in batch]),
+        batch_ms=1000,
+        idle_stop_s=3,
+    )
+    sender.join()
+    consumer.close()
+    assert [sensor for batch in batches for sensor in batch] == [f"s{i}" for i in range(40)]
+    assert len(batches) <= 4  # one batch per second of events, not one per poll
 
 
 def test_a_missing_broker_is_one_sentence():

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
 
     # Stream processors
     stream_batch_size: int = 5000
-    stream_batch_ms: int = 250  # a micro-batch closes this long after its first event (or at stream_batch_size)
+    stream_batch_ms: int = 250  # a micro-batch closes this long after its oldest event was produced (or when full)
 
     # Metrics (pipelines/platform/metrics.py): the stream processors' Prometheus endpoints (`--metrics-port`)
     metrics_host: str = Field(

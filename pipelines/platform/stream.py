@@ -209,7 +209,8 @@ def run_micro_batches(
 ) -> LoopStats:
     """Poll → validate → sink(valid events) → dead-letter the rest → flush → commit, until stopped.
 
-    A micro-batch closes at `batch_size` events or `batch_ms` after its first event, whichever comes first. Stops on SIGINT/SIGTERM, after `idle_stop_s` seconds without messages, or after `max_events` messages.
+    A micro-batch closes at `batch_size` events or `batch_ms` after its oldest event was produced, whichever
+    comes first. Stops on SIGINT/SIGTERM, after `idle_stop_s` seconds without messages, or after `max_events` messages.
     `metrics` hears of every committed batch (counts, dead letters by reason, seconds) and of every empty poll.
     """
     stats = LoopStats()
@@ -224,9 +225,11 @@ def run_micro_batches(
         while not flag.stop:
             polled = consumer.poll(timeout_ms=batch_ms, max_records=batch_size)
             records = [r for batch in polled.values() for r in batch]
-            # A micro-batch is what arrives within `batch_ms` of its first event: every batch costs a write per
-            # view (and an offline file) whatever its size, so a trickle is gathered before it is written.
-            until = time.monotonic() + batch_ms / 1000
+            # A micro-batch closes `batch_ms` after its oldest event was produced: every batch costs a write per
+            # view (and an offline file) whatever its size, so a trickle is gathered before it is written, while
+            # events that already waited (a backlog, or arrivals during the previous batch) go at once.
+            waited = time.time() - min(record.timestamp for record in records) / 1000 if records else 0.0
+            until = time.monotonic() + min(max(batch_ms / 1000 - waited, 0.0), batch_ms / 1000)
             while records and len(records) < batch_size and (left := until - time.monotonic()) > 0:
                 more = consumer.poll(timeout_ms=max(1, round(left * 1000)), max_records=batch_size - len(records))
                 records += [r for batch in more.values() for r in batch]

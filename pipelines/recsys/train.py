@@ -85,8 +85,11 @@ def train_recsys(
                 "interactions": len(interactions),
                 **recommender.params.to_dict(),
                 "n_candidates": recommender.n_candidates,
+                # the candidate settings, the ALS confidence and alpha among them as the training cut chose them
+                **{f"candidates_{key}": value for key, value in recommender.candidates.config.to_dict().items()},
             }
         )
+        mlflow.log_dict({"als_tuning": data.tuning}, "als_tuning.json")
         mlflow.log_metrics({key: float(value) for key, value in recommender.timings.items()})
         mlflow.log_metrics({"reference_seconds": reference_seconds, "reference_rows": float(len(reference))})
         mlflow.log_dict({"features": list(recommender.feature_names)}, "features.json")

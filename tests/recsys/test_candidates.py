@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 
 from pipelines.platform.ranking import recall_at
 from pipelines.recsys.candidates import (
+    ALPHA_STEPS,
     GENERATORS,
     CandidateConfig,
     CandidateModel,
     ann_recall,
     candidate_recall,
     fuse,
+    tune_als,
 )
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.splits import split_interactions, test_relevance
@@ -186,12 +189,14 @@ def test_fusion_rewards_agreement_and_respects_weights() -> None:
     assert len(fuse({"als": np.array([], dtype=np.int64)}, weights, 5, 20.0)[0]) == 0
 
 
-def test_cooccurrence_links_items_that_share_users() -> None:
+@pytest.mark.parametrize("similarity", ["ease", "rp3beta"])
+def test_item_similarity_links_items_that_share_users(similarity: str) -> None:
     rows = [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B"), ("u3", "A"), ("u3", "C"), ("u4", "D"), ("u4", "E")]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(
         timestamp=pd.Timestamp("2026-01-01", tz="UTC"), weight=1.0
     )
-    small = CandidateModel.fit(frame, None, CandidateConfig(factors=2, hnsw_m=4, neighbours=2))
+    config = CandidateConfig(factors=2, hnsw_m=4, neighbours=2, item_similarity=similarity, ease_lambda=0.5)
+    small = CandidateModel.fit(frame, None, config)
     index = small.catalogue.item_index
     similar = small.similar.toarray()
     assert np.all(np.diag(similar) == 0)
@@ -217,3 +222,54 @@ def test_item2item_follows_all_of_a_users_items(model: CandidateModel) -> None:
         # nothing left out scores higher than the last item kept
         unseen = np.setdiff1d(np.arange(expected.shape[1]), list(seen))
         assert np.sort(expected[position, unseen])[-40] == pytest.approx(scores[-1])
+
+
+def test_ease_weights_are_the_closed_form_solution() -> None:
+    """Each item's row of B rebuilds it from the other items: B = I − P / diag(P), P = (XᵀX + λI)⁻¹."""
+    rng = np.random.default_rng(4)
+    pairs = {(f"u{u}", f"i{i}") for u, i in zip(rng.integers(0, 60, 700), rng.zipf(1.6, 700) % 25, strict=True)}
+    frame = pd.DataFrame(sorted(pairs), columns=["user_id", "item_id"]).assign(
+        timestamp=pd.Timestamp("2026-01-01", tz="UTC"), weight=2.0
+    )
+    config = CandidateConfig(factors=2, hnsw_m=4, neighbours=24, ease_lambda=5.0)
+    table = CandidateModel.fit(frame, None, config).similar.toarray()
+    x = (CandidateModel.fit(frame, None, config).seen.toarray() > 0).astype(np.float64)
+    inverse = np.linalg.inv(x.T @ x + 5.0 * np.eye(x.shape[1]))
+    expected = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(table, np.where(expected > 0, expected, 0.0), rtol=1e-3, atol=1e-5)
+
+    # past ease_max_items only the most interacted items take part, on both sides of the table
+    capped = CandidateModel.fit(frame, None, replace(config, ease_max_items=5))
+    degree = (capped.seen > 0).sum(axis=0).A1
+    top = set(np.argsort(-degree, kind="stable")[:5].tolist())
+    rows, cols = capped.similar.nonzero()
+    assert set(rows.tolist()) <= top and set(cols.tolist()) <= top and len(rows) > 0
+
+
+def test_ranking_confidence_can_ignore_the_weights(data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    """With confidence "count" a pair's weight (a rating, an event type) does not change the factors."""
+    train, _, items = data
+    config = CandidateConfig(seed=3, confidence="count", iterations=3)
+    plain = CandidateModel.fit(train, items, config)
+    reweighted = CandidateModel.fit(train.assign(weight=np.linspace(1, 5, len(train))), items, config)
+    np.testing.assert_allclose(plain.user_factors, reweighted.user_factors, rtol=1e-4, atol=1e-5)
+    weighted = CandidateModel.fit(
+        train.assign(weight=np.linspace(1, 5, len(train))), items, replace(config, confidence="weight")
+    )
+    assert not np.allclose(plain.user_factors, weighted.user_factors, atol=1e-3)
+
+
+def test_als_settings_are_chosen_on_held_out_rows(data: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, test, items = data
+    config = CandidateConfig(seed=3, iterations=3)
+    chosen, trials = tune_als(train, test, items, config, max_users=500)
+    scores = {(row["confidence"], row["alpha"]): row["ndcg@10"] for row in trials}
+    # both confidences at the configured alpha, then alpha moved while it helped: the best trial wins
+    assert {("weight", config.alpha), ("count", config.alpha)} <= set(scores)
+    assert scores[chosen.confidence, chosen.alpha] == max(scores.values())
+    assert all(config.alpha / 2**ALPHA_STEPS <= alpha <= config.alpha * 2**ALPHA_STEPS for _, alpha in scores)
+    assert replace(chosen, confidence=config.confidence, alpha=config.alpha) == config  # nothing else changes
+    # with every weight 1, counts and weights are the same thing: only one is tried
+    _, plain = tune_als(train.assign(weight=1.0), test, items, config, max_users=500)
+    assert {row["confidence"] for row in plain} == {"weight"}

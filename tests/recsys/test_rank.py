@@ -73,7 +73,9 @@ def test_features_and_candidates_use_nothing_after_the_cut(
     rewritten.loc[later, "item_id"] = rng.choice(items["item_id"].to_numpy(), later.sum())
     rewritten.loc[later, "weight"] = 10.0
     rewritten.loc[later, "user_id"] = rng.permutation(rewritten.loc[later, "user_id"].to_numpy())
-    again = training_set(rewritten, items, n_candidates=N_CANDIDATES, config=CONFIG)
+    # The ALS settings are chosen on the label rows (`tune_als`), as any hyperparameter is on held-out rows; with
+    # the same settings, nothing after the cut may reach candidates or features.
+    again = training_set(rewritten, items, n_candidates=N_CANDIDATES, config=original.candidates.config, tune=False)
     assert again.cut == original.cut
     # the window's users differ now, so compare the users present in both
     shared = sorted(set(original.frame["user_id"]) & set(again.frame["user_id"]))
@@ -218,6 +220,7 @@ def test_a_random_cut_builds_features_and_candidates_without_the_label_rows(
 ) -> None:
     train, _, items = data
     original = training_set(train, items, n_candidates=N_CANDIDATES, config=CONFIG, seed=3, cut="random")
+    tuned = original.candidates.config  # chosen on the label rows, as in the temporal test above
     _, window, _ = label_cut(train, 0.2, "random", seed=3)
     assert original.cut == pd.to_datetime(train["timestamp"], utc=True).max()
     # the same rows (the draw depends on item ids and row order only) with other users and weights
@@ -225,7 +228,7 @@ def test_a_random_cut_builds_features_and_candidates_without_the_label_rows(
     rewritten = train.copy()
     rewritten.loc[window.index, "user_id"] = rng.permutation(window["user_id"].to_numpy())
     rewritten.loc[window.index, "weight"] = 10.0
-    again = training_set(rewritten, items, n_candidates=N_CANDIDATES, config=CONFIG, seed=3, cut="random")
+    again = training_set(rewritten, items, n_candidates=N_CANDIDATES, config=tuned, seed=3, cut="random", tune=False)
     shared = sorted(set(original.frame["user_id"]) & set(again.frame["user_id"]))
     assert len(shared) > 50
     columns = ["item_id", "generator", *FEATURE_NAMES]

@@ -33,7 +33,7 @@ RERANK_VARIANTS = {
     "category cap 3": RerankConfig(diversity="category_cap", category_cap=3),
     "category cap 5": RerankConfig(diversity="category_cap", category_cap=5),
     "freshness ×1.2 (7 days)": RerankConfig(diversity="none", freshness_boost=1.2),
-    "default (MMR λ 0.9)": RerankConfig(),
+    "default (MMR λ 0.95)": RerankConfig(),
 }
 
 

@@ -53,8 +53,10 @@ class RerankConfig:
 
     remove_seen: bool = True
     diversity: Diversity = "mmr"
-    # 1 = relevance only, 0 = novelty only. 0.9 measured: nDCG@10 −3 % for diversity 0.77 → 0.90 (0.8: −11 %).
-    mmr_lambda: float = 0.9
+    # 1 = relevance only, 0 = novelty only. On 200k simulated rows, against no diversification: 0.95 costs 0.8 %
+    # of nDCG@10 for intra-list diversity 0.80 → 0.84 (temporal) and 0.60 → 0.67 (random-by-item); 0.9 costs
+    # 2.7 % / 2.2 % for 0.89 / 0.75; 0.8 costs 8–11 %.
+    mmr_lambda: float = 0.95
     category_cap: int = 3  # most items of one category in the top-k (diversity="category_cap")
     freshness_boost: float = 1.0  # score multiplier for items younger than freshness_days; 1 switches it off
     freshness_days: float = 7.0

@@ -135,14 +135,11 @@ def canary_report_command(
             )
         # The label stream's own clock: a transaction older than the newest chargeback minus the delay is settled.
         mature_before = max(label.label_timestamp for label in labels) - timedelta(days=settings.fraud_label_delay_days)
-    report = {
-        "topic": topic,
-        "invalid_records": invalid,
-        **canary_report(records, labels, mature_before, seed=settings.seed),
-    }
-    print_variants(
+    report_canary(
         f"canary report — {topic}",
-        report,
+        {"topic": topic, "invalid_records": invalid},
+        canary_report(records, labels, mature_before, seed=settings.seed),
+        json_out,
         ("versions", _versions),
         ("labelled predictions / frauds", lambda o: f"{o['predictions']:,} / {o['frauds']:,}"),
         ("catch rate [95 % CI]", lambda o: f"{_pct(o['catch_rate'])} [{_interval(o['catch_rate_ci'])}]"),
@@ -152,7 +149,6 @@ def canary_report_command(
         ),
         ("average precision [95 % CI]", lambda o: _value_with_interval(o, "average_precision")),
     )
-    write_report(report, json_out)
 
 
 def _versions(outcome: dict[str, Any]) -> str:
@@ -164,8 +160,12 @@ def _value_with_interval(outcome: dict[str, Any], key: str) -> str:
     return "-" if value is None else f"{value:.3f} [{_interval(outcome[f'{key}_ci'], percent=False)}]"
 
 
-def print_variants(title: str, report: dict[str, Any], *rows: tuple[str, Any]) -> None:
-    """The champion / challenger table of a canary report, then its verdict."""
+def report_canary(
+    title: str, source: dict[str, Any], outcome: dict[str, Any], json_out: Path | None, *rows: tuple[str, Any]
+) -> None:
+    """The champion / challenger table of a canary outcome and its verdict; the report (where the records came
+    from, then the outcome) to `json_out` if given. `rows` are (label, render one variant's outcome)."""
+    report = {**source, **outcome}
     table = Table(title=title)
     for column in ("", "champion", "challenger"):
         table.add_column(column)
@@ -173,6 +173,7 @@ def print_variants(title: str, report: dict[str, Any], *rows: tuple[str, Any]) -
         table.add_row(name, *(render(report["variants"][v]) for v in ("champion", "challenger")))
     console.print(table)
     console.print(report["verdict"])
+    write_report(report, json_out)
 
 
 def recsys_canary(
@@ -190,17 +191,14 @@ def recsys_canary(
             "with `mlsd recsys replay` (or let the stream run) first."
         )
     horizon = timedelta(hours=settings.monitor_recsys_horizon_hours)
-    report = {
-        "topic": topic,
-        "invalid_records": invalid,
-        **recsys_canary_report(records, interaction_rows(events), horizon, k, seed=settings.seed),
-    }
-    print_variants(
+    outcome = recsys_canary_report(records, interaction_rows(events), horizon, k, seed=settings.seed)
+    report_canary(
         f"canary report — {topic} (hit = the user took one of the {k} items within {horizon})",
-        report,
+        {"topic": topic, "invalid_records": invalid},
+        outcome,
+        json_out,
         ("versions", _versions),
         ("recommendations with an outcome", lambda o: f"{o['predictions']:,}"),
         ("hit rate [95 % CI]", lambda o: f"{_pct(o['hit_rate'])} [{_interval(o['hit_rate_ci'])}]"),
         (f"nDCG@{k} [95 % CI]", lambda o: _value_with_interval(o, f"ndcg_at_{k}")),
     )
-    write_report(report, json_out)

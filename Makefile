@@ -11,9 +11,11 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
+# --quiet: uv prints errors only, not the 200 lines of installed packages (`$(UV) pip list` shows them).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
-	touch $@
+	@echo "Installing $(VENV) from uv.lock"
+	$(UV) sync --frozen --quiet --python $(PYTHON)
+	@touch $@
 
 install: $(VENV)/.installed  ## create .venv from uv.lock
 

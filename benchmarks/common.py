@@ -38,7 +38,8 @@ def save(name: str, result: dict[str, Any]) -> Path:
 @contextmanager
 def scratch_stack(home: Path, with_broker: bool = True) -> Iterator[Settings]:
     """Settings under `home` with MLflow on SQLite and, if asked, an embedded broker on a free port."""
-    from pipelines.platform.infra import all_topics, free_port, start_broker, stop_process
+    from pipelines.designs import all_topics
+    from pipelines.platform.infra import free_port, start_broker, stop_process
 
     port = free_port()
     settings = Settings(

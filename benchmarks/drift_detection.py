@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import save
-from pipelines.monitoring.monitor import FRAUD_CALENDAR_FEATURES, evaluate_window, fraud_spec
+from pipelines.fraud.monitoring import FRAUD_CALENDAR_FEATURES, fraud_spec
+from pipelines.monitoring.window import evaluate_window
 from pipelines.platform.drift import DriftConfig, evaluate_drift
 
 SHIFT_SIGMA = 0.25
@@ -46,10 +47,10 @@ START_WINDOWS = (2, 9, 15)
 
 def build(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict[str, float]]:
     """Reference frame, time-ordered stream frame, watched features by importance, preparation timings."""
+    from pipelines.fraud import modeling
     from pipelines.fraud.backtest import point_in_time_frame
     from pipelines.fraud.features import model_matrix
     from pipelines.fraud.simulate import SimulationConfig, simulate_transactions
-    from pipelines.platform import training
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -69,11 +70,11 @@ def build(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict[str, f
     labels = frame["is_fraud"].to_numpy(dtype=int)
     train = np.flatnonzero((day >= 14) & (day < 28))
     train = np.random.default_rng(seed).choice(train, size=min(60_000, len(train)), replace=False)
-    model = training.fit_classifier(
+    model = modeling.fit_classifier(
         features.iloc[train],
         labels[train],
         "class_weight",
-        training.XGBParams(n_estimators=60, max_depth=4),
+        modeling.XGBParams(n_estimators=60, max_depth=4),
         0.1,
         seed,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import save, scratch_stack
+from feature_repo.fraud import fraud_feature_objects
 from pipelines.fraud.simulate import config_for_size, simulate_transactions
 from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_transactions, warm_engine
 from pipelines.platform.features import apply_feature_definitions
@@ -32,7 +33,7 @@ def joined_consumer(settings, group: str):  # type: ignore[no-untyped-def]
 
 
 def process(settings, history, consumer, idle_s: float):  # type: ignore[no-untyped-def]
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, [fraud_feature_objects])
     sink = FraudFeatureSink(settings, store, warm_engine(history, settings.fraud_label_delay_days))
     producer = make_producer(settings)
     stats = run_micro_batches(

@@ -5,67 +5,80 @@ It is created once in an entry point and passed down; nothing in the package rea
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLSD_", env_file=".env", extra="ignore")
 
-    # Where everything the embedded stack writes lives (data, stores, logs, pid files).
-    home: Path = Field(default=Path(".mlsd"), description="Working folder for data, stores and logs")
-    seed: int = 7
+    # -- General
+    home: Path = Field(default=Path(".mlsd"), description="Working folder for data, stores, logs and reports")
+    seed: int = Field(default=7, description="Seed of every simulator, split and model")
 
-    # Kafka
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    # -- Kafka
+    kafka_bootstrap: str = Field(default="127.0.0.1:19092", description="Kafka bootstrap servers")
     kafka_embedded: bool = Field(default=True, description="Start the embedded Tansu broker in `mlsd up`")
-    kafka_port: int = 19092
+    kafka_port: int = Field(default=19092, description="Port of the embedded broker")
 
-    # MLflow
-    mlflow_tracking_uri: str = ""  # empty: http://127.0.0.1:{mlflow_port} served by `mlsd up`
-    mlflow_port: int = 5055
-    mlflow_backend_store_uri: str = ""  # empty: SQLite file under home
-    mlflow_artifacts_destination: str = ""  # empty: folder under home
-
-    # Feast
-    feast_online_store: str = Field(default="sqlite", description="sqlite | redis")
-    feast_redis_url: str = "127.0.0.1:6379"
-    feast_registry: str = ""  # empty: SQLite file under home; or a SQLAlchemy URL such as postgresql://...
-    feast_offline_dir: str = ""  # empty: folder under home
-
-    # Serving
-    fraud_service_port: int = 3000
-    fraud_service_workers: int = 1
-    recsys_service_port: int = 3001
-    recsys_item_refresh_seconds: float = Field(
-        default=30.0, description="How often /recommend re-reads the catalogue's item features (0: never)"
+    # -- MLflow
+    mlflow_tracking_uri: str = Field(
+        default="", description="Tracking and registry server (empty: http://127.0.0.1:<mlflow_port> from `mlsd up`)"
+    )
+    mlflow_port: int = Field(default=5055, description="Port of the MLflow server `mlsd up` starts")
+    mlflow_backend_store_uri: str = Field(
+        default="", description="MLflow backend store of that server (empty: a SQLite file under home)"
+    )
+    mlflow_artifacts_destination: str = Field(
+        default="", description="Where that server keeps artifacts (empty: a folder under home)"
     )
 
-    # Deployment: how a service uses the registry aliases (pipelines/platform/deployment.py)
+    # -- Feast
+    feast_online_store: Literal["sqlite", "redis"] = Field(default="sqlite", description="Online store: sqlite | redis")
+    feast_redis_url: str = Field(default="127.0.0.1:6379", description="Redis connection string of the online store")
+    feast_registry: str = Field(
+        default="", description="Feast registry: empty (SQLite file under home) or a SQLAlchemy URL (postgresql+psycopg2://...)"
+    )
+    feast_offline_dir: str = Field(default="", description="Offline store's Parquet folder (empty: under home)")
+
+    # -- Serving
+    fraud_service_port: int = Field(default=3000, description="Port of the fraud scoring service")
+    fraud_service_workers: int = Field(default=1, ge=1, description="API workers of the fraud scoring service")
+    recsys_service_port: int = Field(default=3001, description="Port of the recommendation service")
+    recsys_item_refresh_seconds: float = Field(
+        default=30.0, ge=0, description="How often /recommend re-reads the catalogue's item features (0: never)"
+    )
+
+    # -- Deployment: how a service uses the registry aliases (pipelines/platform/deployment.py)
     serving_mode: Literal["off", "shadow", "canary"] = Field(
         default="off", description="off: champion only; shadow: challenger scores silently; canary: share served"
     )
     canary_share: float = Field(default=0.1, ge=0.0, le=1.0, description="Share of keys the challenger serves")
     model_refresh_seconds: float = Field(default=5.0, gt=0, description="How often services check the aliases")
 
-    # Fraud design knobs
-    fraud_label_delay_days: int = 7
-    fraud_cost_missed_fraud: float = 100.0
-    fraud_cost_false_alarm: float = 5.0
-    fraud_review_threshold_factor: float = 0.5
-    fraud_amount_limit: float = 5000.0
-    fraud_blocklist: list[str] = Field(default_factory=list)
-    fraud_smote_ratio: float = 0.1
+    # -- Fraud design
+    fraud_label_delay_days: int = Field(default=7, ge=0, description="Days until a chargeback (label) is known")
+    fraud_cost_missed_fraud: float = Field(default=100.0, ge=0, description="Cost of a missed fraud (threshold choice)")
+    fraud_cost_false_alarm: float = Field(default=5.0, ge=0, description="Cost of a false alarm (threshold choice)")
+    fraud_review_threshold_factor: float = Field(
+        default=0.5, gt=0, le=1, description="Review band: scores from this share of the decline threshold"
+    )
+    fraud_amount_limit: float = Field(default=5000.0, gt=0, description="Amounts above this go to review at least")
+    fraud_blocklist: list[str] = Field(default_factory=list, description="Customer or terminal ids always declined")
+    fraud_smote_ratio: float = Field(
+        default=0.1, gt=0, le=1, description="SMOTE: minority size as a share of the majority"
+    )
 
-    # Promotion gate (pipelines/monitoring/gate.py): challenger vs champion on the same recent holdout
+    # -- Promotion gate (pipelines/monitoring/gate.py): challenger vs champion on the same recent holdout
     gate_min_improvement: float = Field(default=0.0, description="Absolute metric gain a challenger must reach")
     gate_holdout_days: float = Field(default=7.0, gt=0, description="Fraud: latest days of labelled transactions")
     gate_holdout_frac: float = Field(default=0.2, gt=0, lt=1, description="Recsys: latest share of interactions")
 
-    # Monitor (pipelines/monitoring/monitor.py): windows, label joins, performance decay
+    # -- Monitor (pipelines/monitoring/monitor.py): windows, label joins, performance decay
     monitor_window_size: int = Field(default=5000, ge=2, description="Served predictions per drift window")
     monitor_fraud_k: int = Field(default=50, ge=1, description="Fraud: precision among a window's k top scores")
     monitor_recsys_k: int = Field(default=10, ge=1, description="Recsys: cut-off of the ranking metrics")
@@ -75,7 +88,7 @@ class Settings(BaseSettings):
     )
     monitor_performance_windows: int = Field(default=6, ge=1, description="Matured windows pooled to judge decay")
 
-    # Retraining loop (pipelines/monitoring/retrain.py): which alerts retrain, how often, on how much data
+    # -- Retraining loop (pipelines/monitoring/retrain.py): which alerts retrain, how often, on how much data
     retrain_triggers: list[str] = Field(
         default_factory=lambda: ["data_drift", "prediction_drift", "performance_decay", "label_shift"],
         description="Alert kinds that open an incident and retrain (data_quality never does)",
@@ -85,22 +98,17 @@ class Settings(BaseSettings):
     )
     retrain_fraud_days: float = Field(default=35.0, gt=0, description="Fraud: latest days of data a retrain fits on")
 
-    # Stream processors
-    stream_batch_size: int = 5000
-    stream_batch_ms: int = 250  # a micro-batch closes this long after its oldest event was produced (or when full)
+    # -- Stream processors
+    stream_batch_size: int = Field(default=5000, ge=1, description="Events per micro-batch at most")
+    stream_batch_ms: int = Field(
+        default=250, ge=0, description="A micro-batch closes this long after its oldest event was produced"
+    )
 
-    # Metrics (pipelines/platform/metrics.py): the stream processors' Prometheus endpoints (`--metrics-port`)
+    # -- Metrics (pipelines/platform/metrics.py): the processors' and loops' Prometheus endpoints
     metrics_host: str = Field(
         default="127.0.0.1", description="Interface the /metrics endpoints listen on (0.0.0.0 in containers)"
     )
     stream_lag_every: int = Field(default=10, ge=1, description="Batches between two consumer-lag look-ups")
-
-    @field_validator("feast_online_store")
-    @classmethod
-    def _known_online_store(cls, value: str) -> str:
-        if value not in {"sqlite", "redis"}:
-            raise ValueError("use 'sqlite' or 'redis'")
-        return value
 
     @property
     def data_dir(self) -> Path:
@@ -129,3 +137,41 @@ class Settings(BaseSettings):
     @property
     def artifacts_destination(self) -> str:
         return self.mlflow_artifacts_destination or str((self.home / "mlflow" / "artifacts").resolve())
+
+
+# The sections of `mlsd config`, by field-name prefix (first match wins); everything else is "General".
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Kafka", ("kafka_",)),
+    ("MLflow", ("mlflow_",)),
+    ("Feast", ("feast_",)),
+    ("Serving", ("fraud_service_", "recsys_service_", "recsys_item_")),
+    ("Deployment", ("serving_mode", "canary_share", "model_refresh_")),
+    ("Fraud design", ("fraud_",)),
+    ("Promotion gate", ("gate_",)),
+    ("Monitor", ("monitor_",)),
+    ("Retraining loop", ("retrain_",)),
+    ("Stream processors", ("stream_",)),
+    ("Metrics", ("metrics_",)),
+)
+_SECRET_IN_URL = re.compile(r"(//[^:/@]+:)[^@]+(@)")
+_SECRET_PARAMETER = re.compile(r"(password=)[^,&]+", re.IGNORECASE)
+
+
+def section_of(field_name: str) -> str:
+    return next((title for title, prefixes in SECTIONS if field_name.startswith(prefixes)), "General")
+
+
+def masked(value: str) -> str:
+    """A setting's value with the passwords in URLs and connection strings replaced by ***."""
+    return _SECRET_PARAMETER.sub(r"\1***", _SECRET_IN_URL.sub(r"\1***\2", value))
+
+
+def describe_settings(settings: Settings) -> dict[str, list[tuple[str, str, str]]]:
+    """(MLSD_* variable, current value with secrets masked, description) per setting, grouped by section."""
+    groups: dict[str, list[tuple[str, str, str]]] = {}
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        row = (f"MLSD_{name.upper()}", masked(text), info.description or "")
+        groups.setdefault(section_of(name), []).append(row)
+    return groups

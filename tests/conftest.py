@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Tansu broker on a free port with every design's topics; yields its bootstrap address."""
-    from pipelines.platform.infra import all_topics, free_port, start_broker, stop_process
+    from pipelines.designs import all_topics
+    from pipelines.platform.infra import free_port, start_broker, stop_process
 
     port = free_port()
     settings = Settings(home=tmp_path_factory.mktemp("broker"), kafka_port=port, kafka_bootstrap=f"127.0.0.1:{port}")

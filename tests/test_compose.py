@@ -421,7 +421,7 @@ def test_kafka_runs_in_kraft_mode_without_zookeeper(
 
 
 def test_topics_are_created_explicitly(services: dict[str, dict[str, Any]]) -> None:
-    from pipelines.platform.infra import all_topics
+    from pipelines.designs import all_topics
 
     assert environment(services["kafka"]).get("KAFKA_AUTO_CREATE_TOPICS_ENABLE") == "false"
     assert command(services["init-topics"]) == ["mlsd", "infra", "create-topics"]

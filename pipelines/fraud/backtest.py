@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.fraud import CUSTOMER_FEATURES, FEATURE_TTL, TERMINAL_FEATURES
+from pipelines.fraud import modeling
 from pipelines.fraud.features import backfill_features, model_matrix
-from pipelines.platform import training
+from pipelines.fraud.modeling import IMBALANCE_STRATEGIES, XGBParams
+from pipelines.platform.errors import InvalidInput
 from pipelines.platform.feast_offline import point_in_time_join
 from pipelines.platform.features import to_feast_timestamps
-from pipelines.platform.training import IMBALANCE_STRATEGIES, XGBParams
 
 Progress = Callable[[str], None]
 METRICS = ("roc_auc", "average_precision", "card_precision_at_100")
@@ -59,7 +60,7 @@ class BacktestConfig:
         object.__setattr__(self, "strategies", tuple(self.strategies))
         problems = _config_problems(self)
         if problems:
-            raise ValueError(problems[0])
+            raise InvalidInput(problems[0])
 
     def first_train_day(self) -> pd.Timestamp | None:
         return None if self.train_start is None else _utc_timestamp(self.train_start)
@@ -68,7 +69,7 @@ class BacktestConfig:
 def _utc_timestamp(value: str) -> pd.Timestamp:
     stamp = pd.Timestamp(value)
     if stamp is pd.NaT:
-        raise ValueError("empty date")
+        raise InvalidInput("empty date")
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
@@ -131,7 +132,7 @@ def fold_windows(config: BacktestConfig, train_start: pd.Timestamp) -> list[Fold
 def plan_folds(config: BacktestConfig, timestamps: pd.Series) -> list[FoldWindow]:
     """The folds for a file, or a ValueError saying which dates they need and which the file holds."""
     if len(timestamps) == 0:
-        raise ValueError("The transactions file holds no rows; a backtest needs several weeks of transactions.")
+        raise InvalidInput("The transactions file holds no rows; a backtest needs several weeks of transactions.")
     times = pd.to_datetime(timestamps, utc=True)
     first_day, last_day = times.min().normalize(), times.max().normalize()
     chosen = config.first_train_day()
@@ -145,12 +146,12 @@ def plan_folds(config: BacktestConfig, timestamps: pd.Series) -> list[FoldWindow
         f"{config.test_days} test days, {config.fold_step_days} days apart"
     )
     if start < first_day:
-        raise ValueError(
+        raise InvalidInput(
             f"train_start {start.date()} is before the file's first day: the file spans {has}; "
             "choose a train_start inside the file or leave it out."
         )
     if need_end > last_day + DAY:
-        raise ValueError(
+        raise InvalidInput(
             f"The transactions file spans {has} but {plan} need {needs}; "
             "use fewer folds, shorter windows, an earlier train_start or a longer file."
         )
@@ -294,7 +295,7 @@ def score_fold(
         progress(f"fitting '{strategy}' on {len(x_train):,} rows")
         started = time.perf_counter()
         try:
-            model = training.fit_classifier(x_train, y_train, strategy, config.params, config.smote_ratio, config.seed)
+            model = modeling.fit_classifier(x_train, y_train, strategy, config.params, config.smote_ratio, config.seed)
         except ValueError as error:
             notes.append(f"strategy '{strategy}' could not be fitted: {error}")
             continue
@@ -308,11 +309,11 @@ def score_fold(
                 "label": split.test_labels,
             }
         )
-        ranking = training.ranking_metrics(split.test_labels, scores)
+        ranking = modeling.ranking_metrics(split.test_labels, scores)
         results[strategy] = {
             "roc_auc": ranking["roc_auc"],
             "average_precision": ranking["average_precision"],
-            "card_precision_at_100": training.card_precision_at_k(daily, 100),
+            "card_precision_at_100": modeling.card_precision_at_k(daily, 100),
             "fit_seconds": round(fit_seconds, 3),
         }
     return results, notes
@@ -330,7 +331,7 @@ def _check_columns(transactions: pd.DataFrame) -> None:
             if missing == ["label_timestamp"]
             else ""
         )
-        raise ValueError(f"The transactions lack the column '{missing[0]}' that a backtest needs.{hint}")
+        raise InvalidInput(f"The transactions lack the column '{missing[0]}' that a backtest needs.{hint}")
 
 
 def summarise(folds: list[dict[str, Any]], strategies: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:

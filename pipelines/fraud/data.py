@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.platform.dataio import DataFileError, read_table, row_label, show_value
+from pipelines.platform.errors import InvalidInput
 
 TRANSACTION_REQUIRED: dict[str, str] = {
     "transaction_id": "string",
@@ -33,7 +34,7 @@ def read_transactions(path: Path, label_delay_days: int = 7) -> pd.DataFrame:
     timestamp + label_delay_days. Extra columns are kept as read.
     """
     if label_delay_days < 0:
-        raise ValueError(f"label_delay_days must be zero or more, got {label_delay_days}")
+        raise InvalidInput(f"label_delay_days must be zero or more, got {label_delay_days}")
     path = Path(path)
     frame = read_table(path, TRANSACTION_REQUIRED, TRANSACTION_OPTIONAL, what="transactions file")
 

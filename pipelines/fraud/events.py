@@ -8,17 +8,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.platform.predictions import Variant
+from pipelines.platform.stream import DLQ_SUFFIX
 
 TRANSACTIONS_TOPIC = "fraud.transactions"
 LABELS_TOPIC = "fraud.labels"
-DLQ_SUFFIX = ".dlq"
+PREDICTIONS_TOPIC = "fraud.predictions"  # served and shadow decisions (pipelines/platform/predictions.py)
 TOPICS = (
     TRANSACTIONS_TOPIC,
     TRANSACTIONS_TOPIC + DLQ_SUFFIX,
     LABELS_TOPIC,
     LABELS_TOPIC + DLQ_SUFFIX,
 )
-# Decisions are logged as prediction records on `fraud.predictions` (pipelines/platform/predictions.py).
 
 
 def _utc(value: datetime) -> datetime:

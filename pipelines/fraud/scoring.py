@@ -10,7 +10,6 @@ lets tests and benchmarks call it without HTTP.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -23,8 +22,8 @@ import numpy as np
 from feature_repo.fraud import CUSTOMER_FEATURES, FEATURE_SERVICE, TERMINAL_FEATURES
 from pipelines.fraud.events import Decision, TransactionEvent
 from pipelines.fraud.features import MODEL_FEATURES, STORED_MODEL_FEATURES, request_features
+from pipelines.fraud.model import MODEL_NAME, TRAIN_HINT, load_fraud_version
 from pipelines.fraud.rules import Outcome, RulesConfig, decide
-from pipelines.fraud.train import MODEL_NAME
 from pipelines.platform.deployment import (
     CHALLENGER,
     Deployment,
@@ -34,12 +33,13 @@ from pipelines.platform.deployment import (
 )
 from pipelines.platform.features import open_feature_store
 from pipelines.platform.predictions import PredictionRecord, Variant
-from pipelines.platform.registry import connect_mlflow, load_alias
+from pipelines.platform.registry import connect_mlflow, require_alias
 from pipelines.settings import Settings
 
 STORED = CUSTOMER_FEATURES + TERMINAL_FEATURES
 COMPUTED_MODEL_FEATURES = MODEL_FEATURES[: len(MODEL_FEATURES) - len(STORED_MODEL_FEATURES)]
 TOP_REASONS = 3
+DESIGN_NAME = "fraud"  # the `design` of its prediction records and metrics
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,14 @@ class FraudModel:
 
 def load_fraud_model(settings: Settings, alias: str) -> ServingModel[FraudModel]:
     """The design's loader for the platform watcher: registry → checked, single-threaded booster + rules."""
-    loaded = load_alias(MODEL_NAME, alias)
-    booster = loaded.model.get_booster()
+    loaded = load_fraud_version(require_alias(MODEL_NAME, alias, TRAIN_HINT))
+    booster = loaded.booster
     # One request is one row: a second OpenMP thread only adds spin-waiting next to the server's threads.
     booster.set_param({"nthread": 1})
-    features = json.loads(loaded.tags.get("features", json.dumps(MODEL_FEATURES)))
-    if features != MODEL_FEATURES:
+    if loaded.features != MODEL_FEATURES:
         raise ValueError(
             f"{MODEL_NAME} v{loaded.version} was trained on other features than this code computes; retrain it."
         )
-    threshold = float(loaded.tags.get("threshold", "0.5"))
     # XGBoost sets up its predictor on the first call: pay for it here, in the loading thread, not in a request.
     warm = np.zeros((1, len(MODEL_FEATURES)), dtype=np.float32)
     booster.inplace_predict(warm)
@@ -74,8 +72,8 @@ def load_fraud_model(settings: Settings, alias: str) -> ServingModel[FraudModel]
     return ServingModel(
         MODEL_NAME,
         loaded.version,
-        FraudModel(booster, RulesConfig.from_settings(settings, threshold)),
-        info={"threshold": threshold, "strategy": loaded.tags.get("strategy")},
+        FraudModel(booster, RulesConfig.from_settings(settings, loaded.threshold)),
+        info={"threshold": loaded.threshold, "strategy": loaded.tags.get("strategy")},
     )
 
 
@@ -93,7 +91,7 @@ class FraudScorer:
         self.store = open_feature_store(settings)
         self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
         self.deployment: Deployment[FraudModel] = Deployment.serving(
-            "fraud", MODEL_NAME, partial(load_fraud_model, settings), settings, publish, metrics, defer, watch
+            DESIGN_NAME, MODEL_NAME, partial(load_fraud_model, settings), settings, publish, metrics, defer, watch
         )
 
     @property
@@ -229,7 +227,7 @@ def _record(
     latency_ms: float,
 ) -> PredictionRecord:
     return PredictionRecord(
-        design="fraud",
+        design=DESIGN_NAME,
         request_id=request_id,
         entity_id=transaction.transaction_id,
         timestamp=transaction.timestamp,

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
+
 GRID_SIZE = 100.0
 SECONDS_PER_DAY = 86_400
 
@@ -103,7 +105,7 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         problems = list(_config_problems(self))
         if problems:
-            raise ValueError(problems[0])
+            raise InvalidInput(problems[0])
 
     @property
     def start_day(self) -> pd.Timestamp:
@@ -113,7 +115,7 @@ class SimulationConfig:
 def _start_day(start: str) -> pd.Timestamp:
     stamp = pd.Timestamp(start)
     if stamp is pd.NaT:
-        raise ValueError("start is empty")
+        raise InvalidInput("start is empty")
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.normalize()
 
@@ -195,11 +197,11 @@ def config_for_size(n_transactions: int, **overrides: Any) -> SimulationConfig:
     customer keeps about as many terminals in reach as in the default world.
     """
     if n_transactions < 1:
-        raise ValueError(f"n_transactions must be at least 1, got {n_transactions}.")
+        raise InvalidInput(f"n_transactions must be at least 1, got {n_transactions}.")
     known = {f.name for f in fields(SimulationConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown simulation setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
+        raise InvalidInput(f"unknown simulation setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
     base = SimulationConfig(**overrides)
     per_customer = expected_transactions(replace(base, n_customers=1))
     if "n_customers" in overrides and "days" not in overrides:

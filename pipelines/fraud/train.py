@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_repo.fraud import CUSTOMER_PUSH, CUSTOMER_VIEW, FEATURE_SERVICE, TERMINAL_PUSH, TERMINAL_VIEW
+from feature_repo.fraud import (
+    CUSTOMER_PUSH,
+    CUSTOMER_VIEW,
+    FEATURE_SERVICE,
+    TERMINAL_PUSH,
+    TERMINAL_VIEW,
+    fraud_feature_objects,
+)
+from pipelines.fraud import modeling
 from pipelines.fraud.features import MODEL_FEATURES, backfill_features, model_matrix
-from pipelines.platform import training
+from pipelines.fraud.model import MODEL_NAME
 from pipelines.platform.features import (
     append_offline,
     apply_feature_definitions,
@@ -35,7 +43,6 @@ from pipelines.platform.features import (
 from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, pinned_requirements, register_version
 from pipelines.settings import Settings
 
-MODEL_NAME = "fraud-xgboost"
 EXPERIMENT = "fraud"
 Progress = Callable[[str], None]
 
@@ -96,8 +103,8 @@ def training_frame(store: Any, transactions: pd.DataFrame) -> pd.DataFrame:
 def evaluate_scores(
     frame: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, cost_missed: float, cost_false_alarm: float
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    curve = training.cost_curve(labels, scores, cost_missed, cost_false_alarm)
-    threshold = training.choose_threshold(curve)
+    curve = modeling.cost_curve(labels, scores, cost_missed, cost_false_alarm)
+    threshold = modeling.choose_threshold(curve)
     daily = pd.DataFrame(
         {
             "day": pd.to_datetime(frame["timestamp"], utc=True).dt.floor("D").to_numpy(),
@@ -107,9 +114,9 @@ def evaluate_scores(
         }
     )
     metrics = {
-        **training.ranking_metrics(labels, scores),
-        **training.precision_recall_at(labels, scores, threshold),
-        "card_precision_at_100": training.card_precision_at_k(daily, 100),
+        **modeling.ranking_metrics(labels, scores),
+        **modeling.precision_recall_at(labels, scores, threshold),
+        "card_precision_at_100": modeling.card_precision_at_k(daily, 100),
         "threshold": threshold,
         "cost": float(curve["cost"].min()),
     }
@@ -120,8 +127,8 @@ def train_fraud(
     settings: Settings,
     transactions: pd.DataFrame,
     backfill: bool = True,
-    strategies: tuple[str, ...] = training.IMBALANCE_STRATEGIES,
-    params: training.XGBParams | None = None,
+    strategies: tuple[str, ...] = modeling.IMBALANCE_STRATEGIES,
+    params: modeling.XGBParams | None = None,
     valid_fraction: float = 0.25,
     progress: Progress | None = None,
     alias: str = CHAMPION,
@@ -132,10 +139,10 @@ def train_fraud(
     if alias not in ALIASES:
         raise ValueError(f"alias must be one of {', '.join(ALIASES)}, not '{alias}'.")
     say = progress or (lambda _: None)
-    params = params or training.XGBParams()
+    params = params or modeling.XGBParams()
     seconds: dict[str, float] = {}
     connect_mlflow(settings)
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, [fraud_feature_objects])
     clock = time.perf_counter()
     if backfill:
         say("backfilling features through the streaming engine")
@@ -147,7 +154,7 @@ def train_fraud(
     seconds["feast_retrieval"] = time.perf_counter() - clock
 
     delay = pd.Timedelta(days=settings.fraud_label_delay_days)
-    train_mask, valid_mask, split = training.time_ordered_split(frame["timestamp"], valid_fraction, delay)
+    train_mask, valid_mask, split = modeling.time_ordered_split(frame["timestamp"], valid_fraction, delay)
     # Labels are used only once known: at the split time a later chargeback has not arrived yet.
     known = (frame["is_fraud"] == 1) & (pd.to_datetime(frame["label_timestamp"], utc=True) <= split)
     x_all = model_matrix(frame)
@@ -181,7 +188,7 @@ def train_fraud(
         for strategy in strategies:
             say(f"training XGBoost with imbalance strategy '{strategy}'")
             started = time.perf_counter()
-            model = training.fit_classifier(
+            model = modeling.fit_classifier(
                 x_train, y_train, strategy, params, settings.fraud_smote_ratio, settings.seed
             )
             fit_seconds = time.perf_counter() - started
@@ -192,10 +199,10 @@ def train_fraud(
             with mlflow.start_run(run_name=f"strategy-{strategy}", nested=True) as child:
                 mlflow.log_params({"strategy": strategy})
                 mlflow.log_metrics({**metrics, "fit_seconds": fit_seconds})
-                training.plot_cost_curve(
+                modeling.plot_cost_curve(
                     curve, metrics["threshold"], tmp_dir / f"cost_{strategy}.png", f"cost curve — {strategy}"
                 )
-                training.plot_pr_curves({strategy: (y_valid, scores)}, tmp_dir / f"pr_{strategy}.png", strategy)
+                modeling.plot_pr_curves({strategy: (y_valid, scores)}, tmp_dir / f"pr_{strategy}.png", strategy)
                 mlflow.log_artifact(str(tmp_dir / f"cost_{strategy}.png"), "plots")
                 mlflow.log_artifact(str(tmp_dir / f"pr_{strategy}.png"), "plots")
             results.append(
@@ -219,8 +226,8 @@ def train_fraud(
 
         best = max(results, key=lambda r: (np.nan_to_num(r.average_precision, nan=-1), -r.cost))
         plots_dir = settings.reports_dir / "fraud"
-        pr_plot = training.plot_pr_curves(curves, plots_dir / "pr_curves.png", "validation PR curves by strategy")
-        cost_plot = training.plot_cost_curve(
+        pr_plot = modeling.plot_pr_curves(curves, plots_dir / "pr_curves.png", "validation PR curves by strategy")
+        cost_plot = modeling.plot_cost_curve(
             cost_curves[best.strategy], best.threshold, plots_dir / "cost_curve.png", f"cost curve — {best.strategy}"
         )
         mlflow.log_artifact(str(pr_plot), "plots")

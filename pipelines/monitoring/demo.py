@@ -1,7 +1,8 @@
-"""The demo's drift incident: a covariate shift injected into a fraud stream, caught by the monitor, answered by the
-retraining loop (retrain → challenger → gate → promote or reject), all through Kafka and the MLflow registry.
+"""The demo's drift incident: a known change injected into a design's stream (its suite's `demo_scenario`, for the
+fraud design a covariate shift), caught by the monitor, answered by the retraining loop (retrain → challenger →
+gate → promote or reject), all through Kafka and the MLflow registry.
 
-It runs `pipelines/monitoring/scenarios.py` on a small world of its own (1,000 customers, windows of 1,000
+It runs `pipelines/monitoring/scenarios.py` on a small world of its own (1,000 entities, windows of 1,000
 predictions) so that it takes about a minute and a half; `mlsd drift-test --scenario NAME` runs the full-size
 scenarios.
 """
@@ -15,17 +16,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.platform.design import Design
 from pipelines.settings import Settings
 
-DEMO_SCENARIO = "covariate-shift"
 
+def run_incident_demo(settings: Settings, console: Console, design: Design) -> dict[str, Any]:
+    from pipelines.monitoring.scenarios import run_scenario, scenario_suite
 
-def run_incident_demo(settings: Settings, console: Console) -> dict[str, Any]:
-    from pipelines.monitoring.scenarios import WorldConfig, run_scenario
-
-    world = WorldConfig(seed=settings.seed, customers=1000, history_days=50)
+    suite = scenario_suite(design)
+    world = suite.world(seed=settings.seed, size=1000, history_days=50)
     with console.status("drift incident") as spinner:
-        result = run_scenario(settings, DEMO_SCENARIO, world, window_size=1000, progress=lambda m: spinner.update(m))
+        result = run_scenario(
+            settings, design, suite.demo_scenario, world, window_size=1000, progress=lambda m: spinner.update(m)
+        )
     print_incident(console, result)
     return result
 
@@ -37,7 +40,7 @@ def _retrain_line(retrain: dict[str, Any]) -> str:
     verdict = "promoted" if retrain["promoted"] else "rejected"
     return (
         f"{retrain['trigger']} → challenger v{retrain['challenger_version']} trained on "
-        f"{retrain['data']['train_rows']:,} payments → gate {gate['metric']} {gate['champion_value']:.4f} "
+        f"{retrain['data']['train_rows']:,} rows → gate {gate['metric']} {gate['champion_value']:.4f} "
         f"(champion) vs {gate['challenger_value']:.4f} → {verdict}; "
         f"{retrain['seconds']['total']:.0f} s from the loop receiving the alert to the decision"
     )
@@ -69,7 +72,7 @@ def print_incident(console: Console, result: dict[str, Any]) -> None:
 
 
 def incident_report_section(result: dict[str, Any]) -> str:
-    from pipelines.demo import _image
+    from pipelines.platform.report import image
 
     detection = result["detection"]
     decisions = "".join(f"<li>{html.escape(_retrain_line(r))}</li>" for r in result["retraining"]["retrains"])
@@ -81,5 +84,5 @@ def incident_report_section(result: dict[str, Any]) -> str:
     )
     return (
         f"<h1>Monitoring: a drift incident</h1><p>{html.escape(result['description'])}; "
-        f"{html.escape(found)}.</p><ul>{decisions or '<li>no retrain</li>'}</ul>{_image(Path(result['plot']))}"
+        f"{html.escape(found)}.</p><ul>{decisions or '<li>no retrain</li>'}</ul>{image(Path(result['plot']))}"
     )

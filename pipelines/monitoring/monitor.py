@@ -1,16 +1,9 @@
 """The monitor: prediction logs in count-based windows → drift, data quality, delayed-label performance → reports,
 alerts on `monitoring.alerts` and Prometheus gauges.
 
-One loop serves both designs; what differs lives in a `MonitorSpec`:
-
-- fraud: watch every model feature of the training reference except the calendar ones (they follow the clock,
-  not the data), compare each window with the reference's same hours of day; labels are chargebacks on
-  `fraud.labels`, a transaction without one `fraud_label_delay_days` after it counts as legitimate; metrics are
-  average precision and precision@k, compared with the model's validation average precision;
-- recsys: watch the request features the service logs (`pipelines.recsys.serving.REQUEST_FEATURES`) against
-  the same numbers the training run logged for a sample of its users (the first window for a model registered
-  without them); a recommendation is a hit when the user interacts with one of its items within the horizon;
-  metrics are precision@k, hit rate and nDCG@k, compared with the first matured windows.
+One loop serves every design; what differs comes from the design's `MonitorSpec` (pipelines/platform/design.py,
+filled in by `pipelines/<design>/monitoring.py`). One window is judged by `evaluate_window`
+(pipelines/monitoring/window.py); this module keeps the windows, the labels and the outputs.
 
 Performance is reported for a window only once its labels are complete in event time: when the label stream's
 watermark (the newest label time seen) passes the window's last event time plus the label delay. A single window
@@ -18,615 +11,47 @@ of 5,000 transactions holds about 40 frauds, too few for a stable average precis
 it fell up to 46% below the reference's value in single windows, 34% over 4 pooled windows and 16% over 6
 (benchmarks/drift_detection.py). So decay is judged on the last 6 matured windows pooled (30,000 transactions)
 and means a drop of more than 30%.
-
-`evaluate_window` is the pure core (no Kafka, no files): scenario tests call it with frames they build.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from pipelines.fraud.events import LABELS_TOPIC, LabelEvent
-from pipelines.platform.drift import (
-    DriftConfig,
-    DriftSummary,
-    evaluate_drift,
-    load_reference,
-    numeric_columns,
-    version_tags,
-    write_json,
-    write_report,
+from pipelines.designs import find_design as resolve_design
+from pipelines.monitoring.alerts import Alert
+from pipelines.monitoring.metrics import MonitorMetrics
+from pipelines.monitoring.window import (
+    WindowResult,
+    alert_for,
+    decay_alert,
+    evaluate_window,
+    feature_frame,
+    judge_performance,
+    label_shift,
+    model_versions,
+    records_frame,
 )
-from pipelines.platform.predictions import ALERTS_TOPIC, PREDICTION_TOPICS, PredictionRecord
-from pipelines.recsys.events import INTERACTIONS_TOPIC, InteractionEvent
+from pipelines.platform.design import Design, MonitorSpec
+from pipelines.platform.drift import REFERENCE_LABEL, load_reference, write_json, write_report
+from pipelines.platform.errors import InvalidInput
+from pipelines.platform.predictions import ALERTS_TOPIC, PredictionRecord
+from pipelines.platform.registry import version_tags
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
 
     from pipelines.platform.stream import Envelope
-
-AlertKind = Literal["data_drift", "prediction_drift", "data_quality", "performance_decay", "label_shift"]
-ALERT_KINDS: tuple[AlertKind, ...] = (
-    "data_drift",
-    "prediction_drift",
-    "data_quality",
-    "performance_decay",
-    "label_shift",
-)
-# Columns a window frame carries besides the model features and the score; never tested for drift.
-META_COLUMNS = (
-    "request_id",
-    "entity_id",
-    "timestamp",
-    "model_name",
-    "model_version",
-    "variant",
-    "served",
-    "decision",
-    "items",
-    "latency_ms",
-    "design",
-)
-LABEL_COLUMN = "label"  # the reference's outcome column (fraud)
-# Fraud features that are functions of the clock: their distribution in a window says which hours it covers.
-FRAUD_CALENDAR_FEATURES = ("hour_of_day", "is_weekend", "is_night")
-
-
-class Alert(BaseModel):
-    """One threshold crossed in one window, as published on `monitoring.alerts`."""
-
-    design: str
-    window: int
-    kind: AlertKind
-    scores: dict[str, float | None]
-    thresholds: dict[str, float | None] = {}
-    model_version: str | None
-    event_time_start: datetime | None
-    event_time_end: datetime | None
-    message: str
-    detected_at: datetime
-    # The stream's clock when the alert was raised: the window's end for drift and quality, the label watermark
-    # for label-based alerts (a window's labels mature a delay after it). Replays compare alerts on this clock.
-    stream_time: datetime | None = None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Design specs
-
-
-@dataclass(frozen=True)
-class MonitorSpec:
-    """What one design monitors; the loop and the reports are shared."""
-
-    design: str
-    label_topic: str
-    label_schema: type[BaseModel]
-    label_delay: pd.Timedelta  # a window's labels are complete this long after its last event
-    label_watermark_column: str  # the label frame's column whose maximum is the label stream's watermark
-    drift_config: Callable[[pd.DataFrame], DriftConfig]  # from the reference frame
-    label_rows: Callable[[Sequence[BaseModel]], pd.DataFrame]  # label events → label frame
-    performance: Callable[[pd.DataFrame, pd.DataFrame], dict[str, float]]  # window frame + label frame → metrics
-    baseline: Callable[[pd.DataFrame, int], dict[str, float]]  # reference, rows → expected metrics ({} unknown)
-    primary_metric: str
-    max_drop: float = 0.3  # relative drop of the primary metric that counts as decay
-    performance_windows: int = 6  # matured windows pooled for the decay decision
-    # A sudden collapse (a new attack the model cannot see) should not wait for six windows: the last
-    # `fast_windows` pooled, more than `fast_max_drop` below the baseline, also count as decay.
-    fast_windows: int = 2
-    fast_max_drop: float = 0.5
-    # With few positives a metric is noise: the fast pool grows (up to `performance_windows`) until it holds this
-    # many (the spec's `positives_metric` counts them; None: `fast_windows` as they are).
-    fast_min_positives: int = 40
-    positives_metric: str | None = None
-    # Label (prior) shift: the positive rate of the last `fast_windows` matured windows against the reference's.
-    label_rate_metric: str | None = None
-    label_shift_ratio: float = 1.5  # rate ratio beyond which (either way) the shift counts ...
-    # ... when a two-proportion z-test agrees it is not noise. 4.5, not 4: unchanged simulated traffic reached
-    # z = -4.2 over two low-fraud windows (0.5 % vs 0.94 %); the new-fraud-pattern test's first alert has z = 5.1.
-    label_shift_z: float = 4.5
-
-
-def _fraud_drift_config(reference: pd.DataFrame) -> DriftConfig:
-    features = numeric_columns(reference, exclude=("score", LABEL_COLUMN, *FRAUD_CALENDAR_FEATURES))
-    return DriftConfig(
-        columns=features,
-        prediction="score",
-        method="wasserstein",
-        threshold=0.15,
-        # 24-hour payment counts follow the weekly rhythm (weekends are busier): up to 0.21 sigma on unchanged
-        # traffic, so they get a looser bar; every other feature moves less than 0.09 sigma.
-        column_thresholds={"customer_tx_count_1d": 0.3, "terminal_tx_count_1d": 0.3},
-        prediction_threshold=0.15,
-        min_drifted=1,
-        context_columns=tuple(c for c in FRAUD_CALENDAR_FEATURES if c in reference.columns),
-        match_on=("hour_of_day",) if "hour_of_day" in reference.columns else (),
-    )
-
-
-def _fraud_label_rows(events: Sequence[BaseModel]) -> pd.DataFrame:
-    labels = [e for e in events if isinstance(e, LabelEvent)]
-    return pd.DataFrame(
-        {
-            "transaction_id": [e.transaction_id for e in labels],
-            "timestamp": pd.to_datetime([e.timestamp for e in labels], utc=True),
-            "label_timestamp": pd.to_datetime([e.label_timestamp for e in labels], utc=True),
-            "is_fraud": [int(e.is_fraud) for e in labels],
-        }
-    )
-
-
-def fraud_labels_for(window: pd.DataFrame, labels: pd.DataFrame | None) -> np.ndarray:
-    """1 for a transaction with a chargeback, else 0 (no chargeback after the delay means legitimate)."""
-    if labels is None or labels.empty:
-        return np.zeros(len(window), dtype=int)
-    frauds = labels.loc[labels.get("is_fraud", pd.Series(1, index=labels.index)) == 1, "transaction_id"]
-    return window["entity_id"].astype(str).isin(set(frauds.astype(str))).to_numpy(dtype=int)
-
-
-def _top_precision(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
-    if len(scores) == 0:
-        return float("nan")
-    top = np.argsort(-scores, kind="stable")[: max(1, min(k, len(scores)))]
-    return float(labels[top].mean())
-
-
-def _fraud_metrics(labels: np.ndarray, scores: np.ndarray, k: int) -> dict[str, float]:
-    from pipelines.platform.training import ranking_metrics
-
-    metrics = ranking_metrics(labels, scores) if len(labels) else {"average_precision": float("nan")}
-    return {
-        **metrics,
-        f"precision_at_{k}": _top_precision(labels, scores, k),
-        "frauds": float(labels.sum()),
-        "fraud_rate": float(labels.mean()) if len(labels) else float("nan"),
-    }
-
-
-def fraud_spec(
-    label_delay_days: float = 7, k: int = 50, max_drop: float = 0.3, performance_windows: int = 6
-) -> MonitorSpec:
-    def performance(window: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float]:
-        return _fraud_metrics(fraud_labels_for(window, labels), window["score"].to_numpy(dtype=float), k)
-
-    def baseline(reference: pd.DataFrame, rows: int) -> dict[str, float]:
-        if LABEL_COLUMN not in reference or "score" not in reference or reference.empty:
-            return {}
-        # precision@k of a window of `rows` ↔ precision in the same top share of the reference
-        share_k = max(1, round(k * len(reference) / max(rows, 1)))
-        metrics = _fraud_metrics(
-            reference[LABEL_COLUMN].to_numpy(dtype=int), reference["score"].to_numpy(dtype=float), share_k
-        )
-        metrics[f"precision_at_{k}"] = metrics.pop(f"precision_at_{share_k}")
-        return metrics
-
-    return MonitorSpec(
-        design="fraud",
-        label_topic=LABELS_TOPIC,
-        label_schema=LabelEvent,
-        label_delay=pd.Timedelta(days=label_delay_days),
-        label_watermark_column="label_timestamp",
-        drift_config=_fraud_drift_config,
-        label_rows=_fraud_label_rows,
-        performance=performance,
-        baseline=baseline,
-        primary_metric="average_precision",
-        max_drop=max_drop,
-        performance_windows=performance_windows,
-        label_rate_metric="fraud_rate",
-        positives_metric="frauds",
-    )
-
-
-def interaction_rows(events: Sequence[BaseModel]) -> pd.DataFrame:
-    """user_id, item_id, timestamp of the interaction events among `events`: the recommendation's labels."""
-    interactions = [e for e in events if isinstance(e, InteractionEvent)]
-    return pd.DataFrame(
-        {
-            "user_id": [e.user_id for e in interactions],
-            "item_id": [e.item_id for e in interactions],
-            "timestamp": pd.to_datetime([e.timestamp for e in interactions], utc=True),
-        }
-    )
-
-
-def recsys_hits(window: pd.DataFrame, interactions: pd.DataFrame | None, horizon: pd.Timedelta) -> list[set[str]]:
-    """Per recommendation: the items the user interacted with in (request time, request time + horizon]."""
-    if interactions is None or interactions.empty:
-        return [set() for _ in range(len(window))]
-    by_user = {user: group for user, group in interactions.groupby(interactions["user_id"].astype(str))}
-    out: list[set[str]] = []
-    for user, moment in zip(
-        window["entity_id"].astype(str), pd.to_datetime(window["timestamp"], utc=True), strict=True
-    ):
-        group = by_user.get(user)
-        if group is None:
-            out.append(set())
-            continue
-        inside = (group["timestamp"] > moment) & (group["timestamp"] <= moment + horizon)
-        out.append(set(group.loc[inside, "item_id"].astype(str)))
-    return out
-
-
-def recsys_spec(
-    horizon_hours: float = 24, k: int = 10, max_drop: float = 0.3, performance_windows: int = 6
-) -> MonitorSpec:
-    from pipelines.platform.ranking import ndcg_at_k, precision_at_k
-
-    horizon = pd.Timedelta(hours=horizon_hours)
-
-    def drift_config(reference: pd.DataFrame) -> DriftConfig:
-        return DriftConfig(columns=numeric_columns(reference, exclude=("score", LABEL_COLUMN)), prediction="score")
-
-    def performance(window: pd.DataFrame, interactions: pd.DataFrame) -> dict[str, float]:
-        relevant = recsys_hits(window, interactions, horizon)
-        lists = [list(items) if isinstance(items, list | tuple | np.ndarray) else [] for items in window["items"]]
-        if not lists:
-            return {}
-        return {
-            f"precision_at_{k}": float(
-                np.mean([precision_at_k(r, h, k) for r, h in zip(lists, relevant, strict=True)])
-            ),
-            f"hit_rate_at_{k}": float(np.mean([bool(set(r[:k]) & h) for r, h in zip(lists, relevant, strict=True)])),
-            f"ndcg_at_{k}": float(np.mean([ndcg_at_k(r, h, k) for r, h in zip(lists, relevant, strict=True)])),
-        }
-
-    return MonitorSpec(
-        design="recsys",
-        label_topic=INTERACTIONS_TOPIC,
-        label_schema=InteractionEvent,
-        label_delay=horizon,
-        label_watermark_column="timestamp",
-        drift_config=drift_config,
-        label_rows=interaction_rows,
-        performance=performance,
-        baseline=lambda reference, rows: {},  # training logs no online metric: the first matured windows are it
-        primary_metric=f"hit_rate_at_{k}",
-        max_drop=max_drop,
-        performance_windows=performance_windows,
-    )
-
-
-def spec_for(design: str, settings: Settings) -> MonitorSpec:
-    if design == "fraud":
-        return fraud_spec(
-            settings.fraud_label_delay_days,
-            settings.monitor_fraud_k,
-            settings.monitor_max_performance_drop,
-            settings.monitor_performance_windows,
-        )
-    if design == "recsys":
-        return recsys_spec(
-            settings.monitor_recsys_horizon_hours,
-            settings.monitor_recsys_k,
-            settings.monitor_max_performance_drop,
-            settings.monitor_performance_windows,
-        )
-    raise ValueError(f"Unknown design '{design}'; choose fraud or recsys.")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One window, pure
-
-
-@dataclass
-class WindowResult:
-    design: str
-    window: int
-    rows: int
-    start: datetime | None
-    end: datetime | None
-    model_version: str | None
-    model_versions: dict[str, int]
-    reference: str
-    drift: DriftSummary
-    performance: dict[str, float] | None = None
-    rolling: dict[str, float] | None = None  # pooled over the last matured windows: what decay is judged on
-    rolling_windows: int = 0
-    baseline: dict[str, float] = field(default_factory=dict)
-    performance_decay: bool = False
-    alerts: list[Alert] = field(default_factory=list)
-    html: str | None = None
-    json: str | None = None
-
-    @property
-    def kinds(self) -> list[str]:
-        return [a.kind for a in self.alerts]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "design": self.design,
-            "window": self.window,
-            "rows": self.rows,
-            "event_time_start": self.start.isoformat() if self.start else None,
-            "event_time_end": self.end.isoformat() if self.end else None,
-            "model_version": self.model_version,
-            "model_versions": self.model_versions,
-            "reference": self.reference,
-            "drift": self.drift.to_dict(),
-            "performance": self.performance,
-            "rolling_performance": self.rolling,
-            "rolling_windows": self.rolling_windows,
-            "baseline": self.baseline,
-            "performance_decay": self.performance_decay,
-            "alerts": [json.loads(a.model_dump_json()) for a in self.alerts],
-            "html": self.html,
-        }
-
-
-def _times(frame: pd.DataFrame) -> tuple[datetime | None, datetime | None]:
-    if "timestamp" not in frame or frame.empty:
-        return None, None
-    stamps = pd.to_datetime(frame["timestamp"], utc=True)
-    return stamps.min().to_pydatetime(), stamps.max().to_pydatetime()
-
-
-def _versions(frame: pd.DataFrame) -> dict[str, int]:
-    if "model_version" not in frame:
-        return {}
-    return {str(k): int(v) for k, v in frame["model_version"].astype(str).value_counts().items()}
-
-
-def feature_frame(window_frame: pd.DataFrame) -> pd.DataFrame:
-    """The model features and the score of a window frame, without the record's bookkeeping columns."""
-    return window_frame.drop(columns=[c for c in META_COLUMNS if c in window_frame.columns])
-
-
-def _alert(
-    result: WindowResult,
-    kind: AlertKind,
-    scores: dict[str, float | None],
-    thresholds: dict[str, float | None],
-    message: str,
-) -> Alert:
-    return Alert(
-        design=result.design,
-        window=result.window,
-        kind=kind,
-        scores=scores,
-        thresholds=thresholds,
-        model_version=result.model_version,
-        event_time_start=result.start,
-        event_time_end=result.end,
-        message=message,
-        detected_at=datetime.now(UTC),
-        stream_time=result.end,
-    )
-
-
-def _drift_alerts(result: WindowResult) -> list[Alert]:
-    drift, alerts = result.drift, []
-    # Quality first: a consumer (the retraining loop) then knows a window's drift comes from a broken feed.
-    if drift.findings:
-        alerts.append(
-            _alert(
-                result,
-                "data_quality",
-                {f"{f.kind}:{f.column}": f.value for f in drift.findings},
-                {},
-                " ".join(f.message for f in drift.findings[:3])
-                + (f" (+{len(drift.findings) - 3} more)" if len(drift.findings) > 3 else ""),
-            )
-        )
-    if drift.data_drift:
-        drifted = {name: drift.features[name] for name in drift.drifted_features}
-        alerts.append(
-            _alert(
-                result,
-                "data_drift",
-                {n: round(d.score, 4) for n, d in drifted.items()},
-                {n: d.threshold for n, d in drifted.items()},
-                f"{len(drifted)} feature(s) drifted in {result.design} window {result.window}: "
-                + ", ".join(f"{n} {d.score:.3f} > {d.threshold:.2f}" for n, d in drifted.items())
-                + ".",
-            )
-        )
-    if drift.prediction_drift and drift.prediction:
-        p = drift.prediction
-        alerts.append(
-            _alert(
-                result,
-                "prediction_drift",
-                {p.column: round(p.score, 4)},
-                {p.column: p.threshold},
-                f"The {result.design} model's {p.column} drifted in window {result.window}: "
-                f"{p.score:.3f} > {p.threshold:.2f}.",
-            )
-        )
-    return alerts
-
-
-def judge_performance(
-    spec: MonitorSpec, metrics: dict[str, float], baseline: dict[str, float], max_drop: float | None = None
-) -> bool:
-    """Decay: the primary metric fell more than `max_drop` (relative; the spec's by default) below the baseline."""
-    value, expected = metrics.get(spec.primary_metric), baseline.get(spec.primary_metric)
-    if value is None or expected is None or not math.isfinite(value) or not math.isfinite(expected) or expected <= 0:
-        return False
-    return value < (1 - (spec.max_drop if max_drop is None else max_drop)) * expected
-
-
-def label_shift(
-    positives: float, rows: int, reference_rate: float, reference_rows: int, ratio: float, z_min: float
-) -> tuple[bool, float, float]:
-    """(shifted, rate ratio, z) of a window's positive rate against the reference's.
-
-    Both conditions must hold: the rate moved by more than `ratio` either way (a size that matters), and a
-    two-proportion z-test puts it beyond `z_min` standard errors (not the noise of a few dozen frauds).
-    """
-    if rows <= 0 or reference_rows <= 0 or not 0 < reference_rate < 1:
-        return False, float("nan"), float("nan")
-    rate = positives / rows
-    pooled = (positives + reference_rate * reference_rows) / (rows + reference_rows)
-    error = math.sqrt(pooled * (1 - pooled) * (1 / rows + 1 / reference_rows))
-    z = (rate - reference_rate) / error if error > 0 else 0.0
-    change = rate / reference_rate
-    return (change >= ratio or change <= 1 / ratio) and abs(z) >= z_min, change, z
-
-
-def _decay_alert(
-    spec: MonitorSpec, result: WindowResult, metrics: dict[str, float], windows: int, max_drop: float | None = None
-) -> Alert:
-    name = spec.primary_metric
-    drop = spec.max_drop if max_drop is None else max_drop
-    value, expected = metrics[name], result.baseline[name]
-    return _alert(
-        result,
-        "performance_decay",
-        {name: round(value, 4), f"baseline_{name}": round(expected, 4)},
-        {f"min_{name}": round((1 - drop) * expected, 4)},
-        f"{result.design} {name} over {windows} matured window(s) ending at window {result.window} is {value:.3f}, "
-        f"more than {drop:.0%} below the baseline {expected:.3f}.",
-    )
-
-
-def evaluate_window(
-    spec: MonitorSpec,
-    reference: pd.DataFrame,
-    window_frame: pd.DataFrame,
-    labels: pd.DataFrame | None = None,
-    *,
-    baseline: dict[str, float] | None = None,
-    window: int = 1,
-    reference_name: str = "reference",
-) -> WindowResult:
-    """Drift and data quality of one window against the reference and, with labels, its performance.
-
-    `window_frame` holds the model features and `score` (plus optional record columns such as `entity_id`,
-    `timestamp`, `model_version`, `items`); `labels` is a frame of the design's label events (fraud:
-    `transaction_id` of chargebacks; recsys: `user_id, item_id, timestamp`), assumed complete for the window.
-    Decay is judged on this window alone: pass a frame large enough for a stable metric.
-    """
-    reference_features = feature_frame(reference)
-    current = feature_frame(window_frame)
-    drift = evaluate_drift(reference_features, current, spec.drift_config(reference_features))
-    start, end = _times(window_frame)
-    versions = _versions(window_frame)
-    result = WindowResult(
-        design=spec.design,
-        window=window,
-        rows=len(window_frame),
-        start=start,
-        end=end,
-        model_version=max(versions, key=lambda v: versions[v]) if versions else None,
-        model_versions=versions,
-        reference=reference_name,
-        drift=drift,
-        baseline=dict(baseline) if baseline is not None else spec.baseline(reference, len(window_frame)),
-    )
-    result.alerts = _drift_alerts(result)
-    if labels is not None:
-        result.performance = spec.performance(window_frame, labels)
-        result.rolling, result.rolling_windows = result.performance, 1
-        result.performance_decay = judge_performance(spec, result.performance, result.baseline)
-        if result.performance_decay:
-            result.alerts.append(_decay_alert(spec, result, result.performance, 1))
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Prometheus
-
-
-class MonitorMetrics:
-    """The monitor's gauges in their own registry (several monitors can live in one test process)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        self.registry = CollectorRegistry()
-        self.drift_score = Gauge(
-            "mlsd_drift_score",
-            "Latest drift score per feature (prediction included)",
-            ["design", "feature"],
-            registry=self.registry,
-        )
-        self.drift_detected = Gauge(
-            "mlsd_drift_detected",
-            "1 if the latest window crossed the threshold of this kind",
-            ["design", "kind"],
-            registry=self.registry,
-        )
-        self.performance = Gauge(
-            "mlsd_window_performance", "Latest matured window's metric", ["design", "metric"], registry=self.registry
-        )
-        self.windows = Counter("mlsd_monitor_windows", "Windows evaluated", ["design"], registry=self.registry)
-        self._server: Any = None
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        from pipelines.platform.metrics import start_metrics_server
-
-        self._server = start_metrics_server(port, self.registry, host)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def window(self, result: WindowResult) -> None:
-        drift = result.drift
-        for name, column in drift.features.items():
-            self.drift_score.labels(result.design, name).set(column.score)
-        if drift.prediction:
-            self.drift_score.labels(result.design, drift.prediction.column).set(drift.prediction.score)
-        flags = {
-            "data_drift": drift.data_drift,
-            "prediction_drift": drift.prediction_drift,
-            "data_quality": not drift.quality_ok,
-        }
-        for kind, flag in flags.items():
-            self.drift_detected.labels(result.design, kind).set(int(flag))
-        self.windows.labels(result.design).inc()
-
-    def matured(self, result: WindowResult) -> None:
-        for name, value in (result.performance or {}).items():
-            if value is not None and math.isfinite(value):
-                self.performance.labels(result.design, name).set(value)
-        self.drift_detected.labels(result.design, "performance_decay").set(int(result.performance_decay))
-
-    def text(self) -> str:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry).decode()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The loop
-
-
-def records_frame(records: Iterable[PredictionRecord]) -> pd.DataFrame:
-    """Prediction records as one row each: the feature dict spread into columns, then score and bookkeeping."""
-    rows = [
-        {
-            **{name: math.nan if value is None else float(value) for name, value in r.features.items()},
-            "score": r.score,
-            "request_id": r.request_id,
-            "entity_id": r.entity_id,
-            "timestamp": r.timestamp,
-            "model_name": r.model_name,
-            "model_version": r.model_version,
-            "variant": r.variant,
-            "decision": r.decision,
-            "items": list(r.items),
-        }
-        for r in records
-    ]
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-    return frame
 
 
 @dataclass
@@ -691,7 +116,7 @@ class Monitor:
         on_matured: Callable[[WindowResult], None] | None = None,
     ) -> None:
         if window_size < 2:
-            raise ValueError(f"--window-size must be at least 2 records, got {window_size}.")
+            raise InvalidInput(f"--window-size must be at least 2 records, got {window_size}.")
         self.settings = settings
         self.spec = spec
         self.window_size = window_size
@@ -776,7 +201,7 @@ class Monitor:
         Without a logged reference (recsys today) or a registry entry, the version's first window becomes its
         reference: later windows are then compared with how the model started out in production.
         """
-        versions = _versions(frame)
+        versions = model_versions(frame)
         version = max(versions, key=lambda v: versions[v])
         name = str(frame.loc[frame["model_version"].astype(str) == version, "model_name"].iloc[0])
         key = (name, version)
@@ -788,9 +213,10 @@ class Monitor:
             except ValueError:
                 reference, missing = None, "the registry has no such version"
             if reference is not None:
-                tags = version_tags(self.settings, name, version)
-                if "average_precision" in tags:  # the validation metric of the training run
-                    baseline["average_precision"] = float(tags["average_precision"])
+                tag = self.spec.baseline_tag
+                tags = version_tags(name, version) if tag else {}
+                if tag and tag in tags:  # the validation metric of the training run
+                    baseline[self.spec.primary_metric] = float(tags[tag])
                 source = f"{name} v{version} training reference ({len(reference):,} rows)"
             else:
                 reference = feature_frame(frame).reset_index(drop=True)
@@ -870,10 +296,10 @@ class Monitor:
         recent, recent_frame, recent_metrics = self._fast_pool(item, labels)
         new_alerts: list[Alert] = []
         if result.performance_decay:
-            new_alerts.append(_decay_alert(spec, result, result.rolling, len(self.matured)))
+            new_alerts.append(decay_alert(spec, result, result.rolling, len(self.matured)))
         elif recent and judge_performance(spec, recent_metrics, result.baseline, spec.fast_max_drop):
             result.performance_decay = True
-            new_alerts.append(_decay_alert(spec, result, recent_metrics, len(recent), spec.fast_max_drop))
+            new_alerts.append(decay_alert(spec, result, recent_metrics, len(recent), spec.fast_max_drop))
         shift = self._label_shift(result, recent_metrics, len(recent_frame), item.reference) if recent else None
         if shift is not None:
             new_alerts.append(shift)
@@ -919,7 +345,7 @@ class Monitor:
         self, result: WindowResult, metrics: dict[str, float], rows: int, reference: pd.DataFrame
     ) -> Alert | None:
         name, spec = self.spec.label_rate_metric, self.spec
-        if name is None or name not in metrics or name not in result.baseline or LABEL_COLUMN not in reference:
+        if name is None or name not in metrics or name not in result.baseline or REFERENCE_LABEL not in reference:
             return None
         rate, expected = metrics[name], result.baseline[name]
         shifted, change, z = label_shift(
@@ -928,7 +354,7 @@ class Monitor:
         result.performance = {**(result.performance or {}), f"{name}_ratio": change, f"{name}_z": z}
         if not shifted:
             return None
-        return _alert(
+        return alert_for(
             result,
             "label_shift",
             {name: round(rate, 5), f"baseline_{name}": round(expected, 5), "z": round(z, 2)},
@@ -956,10 +382,10 @@ class Monitor:
             out.write(json.dumps(_clean({"event": event, **payload}), default=str) + "\n")
 
 
-def monitor_topics(spec: MonitorSpec) -> list[str]:
+def monitor_topics(design: Design, spec: MonitorSpec) -> list[str]:
     from pipelines.platform.stream import DLQ_SUFFIX
 
-    prediction_topic = PREDICTION_TOPICS[spec.design]
+    prediction_topic = design.predictions_topic
     return [
         prediction_topic,
         prediction_topic + DLQ_SUFFIX,
@@ -969,35 +395,9 @@ def monitor_topics(spec: MonitorSpec) -> list[str]:
     ]
 
 
-def place_consumer(consumer: Any, topics: Sequence[str], from_beginning: bool, since: datetime | None) -> None:
-    """Take every partition of `topics` directly and set where reading starts.
-
-    The monitor is an observer: it needs no group membership (no join wait, no competing for partitions with
-    another monitor), and it rebuilds its windows from the log, so its start is explicit rather than a committed
-    offset. `since` starts at the first record the broker received at or after that moment.
-    """
-    from kafka import TopicPartition
-
-    consumer.unsubscribe()
-    partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-    consumer.assign(partitions)
-    if since is not None:
-        found = consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
-        for tp in partitions:
-            hit = found.get(tp)
-            if hit is None or hit.timestamp < 0:  # nothing that recent yet
-                consumer.seek_to_end(tp)
-            else:
-                consumer.seek(tp, hit.offset)
-    elif from_beginning:
-        consumer.seek_to_beginning(*partitions)
-    else:
-        consumer.seek_to_end(*partitions)
-
-
 def run_monitor(
     settings: Settings,
-    design: str,
+    design: Design | str,
     window_size: int | None = None,
     max_windows: int | None = None,
     idle_timeout: float | None = None,
@@ -1013,12 +413,19 @@ def run_monitor(
     since a moment (`since`, for runs on a shared broker). Stops on Ctrl-C, after `idle_timeout` seconds without
     records, or once `max_windows` windows are evaluated and their labels have matured.
     """
-    from pipelines.platform.stream import ensure_topics, make_consumer, make_producer, run_micro_batches
+    design = resolve_design(design)
+    from pipelines.platform.stream import (
+        ensure_topics,
+        make_consumer,
+        make_producer,
+        place_consumer,
+        run_micro_batches,
+    )
 
-    spec = spec_for(design, settings)
-    ensure_topics(settings, monitor_topics(spec))
+    spec = design.monitor(settings)
+    ensure_topics(settings, monitor_topics(design, spec))
     schemas: dict[str, type[BaseModel]] = {
-        PREDICTION_TOPICS[design]: PredictionRecord,
+        design.predictions_topic: PredictionRecord,
         spec.label_topic: spec.label_schema,
     }
     metrics = MonitorMetrics()
@@ -1026,7 +433,7 @@ def run_monitor(
         if metrics_port:
             metrics.serve(metrics_port, settings.metrics_host)
             cleanup.callback(metrics.stop)
-        consumer = make_consumer(settings, list(schemas), f"mlsd-monitor-{design}")
+        consumer = make_consumer(settings, list(schemas), f"mlsd-monitor-{design.name}")
         cleanup.callback(consumer.close)
         place_consumer(consumer, list(schemas), from_beginning, since)
         producer = make_producer(settings)
@@ -1063,27 +470,3 @@ def run_monitor(
             monitor.run.dead_lettered = stats.dead_lettered
         monitor.run.seconds = time.perf_counter() - started
     return monitor.run
-
-
-def window_rows(run: MonitorRun) -> list[dict[str, Any]]:
-    """One line per window for the CLI table."""
-    rows = []
-    for w in run.windows:
-        perf = w.performance or {}
-        primary = next((k for k in ("average_precision", "hit_rate_at_10") if k in perf), None)
-        rows.append(
-            {
-                "window": w.window,
-                "rows": w.rows,
-                "events": f"{w.start:%m-%d %H:%M} → {w.end:%m-%d %H:%M}" if w.start and w.end else "",
-                "model": w.model_version or "",
-                "drifted features": ", ".join(w.drift.drifted_features) or "-",
-                "prediction drift": f"{w.drift.prediction.score:.3f}" if w.drift.prediction else "-",
-                "quality": str(len(w.drift.findings)) if w.drift.findings else "ok",
-                "performance": f"{primary} {perf[primary]:.3f}"
-                if primary and perf[primary] is not None and math.isfinite(perf[primary])
-                else ("awaiting labels" if w.performance is None else "-"),
-                "alerts": ", ".join(dict.fromkeys(w.kinds)) or "-",
-            }
-        )
-    return rows

@@ -1,21 +1,22 @@
 """`mlsd registry ...`: the model lifecycle on the MLflow registry — list, history, promote (gated), rollback.
 
 Every alias change these commands make is audited in the MLflow experiment `registry-audit` (see
-`pipelines.platform.registry`); `history` reads that trail back. Errors end in one sentence (the `mlsd` entry point
-turns the ValueErrors raised below into that sentence).
+`pipelines.platform.registry`); `history` reads that trail back. `--model` takes a design's name or its registered
+model's name (pipelines/designs.py). Errors a user can cause end in one sentence.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pipelines.designs import DESIGNS, find_design
+from pipelines.platform.console import console
+from pipelines.platform.errors import InvalidInput
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,18 +27,16 @@ registry_app = typer.Typer(
     help="Model lifecycle on the MLflow registry: versions, audited alias history, gated promotion, rollback.",
     no_args_is_help=True,
 )
-console = Console(width=None if sys.stdout.isatty() else 150)
-
-Model = Annotated[str, typer.Option(help="Registered model: fraud-xgboost | recsys-ranker (or fraud | recsys)")]
+MODELS = " | ".join(f"{d.model_name} ({d.name})" for d in DESIGNS)
+Model = Annotated[str, typer.Option(help=f"Registered model, or its design: {MODELS}")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 # Version tags too long for a table cell (the feature list) stay in `--json` and the MLflow UI.
 HIDDEN_TAGS = {"features", "training_run_id"}
 
 
 def model_name(model: str) -> str:
-    from pipelines.monitoring.gate import DESIGNS
-
-    return DESIGNS.get(model, model)
+    """A design's registered model for its name (`fraud` → `fraud-xgboost`); any other name as given."""
+    return next((d.model_name for d in DESIGNS if model == d.name), model)
 
 
 def connected() -> Settings:
@@ -163,9 +162,7 @@ def promote_command(
     ] = None,
     metric: Annotated[
         str | None,
-        typer.Option(
-            help="fraud: average_precision, roc_auc, card_precision_at_100; recsys: ndcg@10, recall@10, map@10"
-        ),
+        typer.Option(help="; ".join(f"{d.name}: {d.gate.metric_help}" for d in DESIGNS) + " (default: the first)"),
     ] = None,
     min_improvement: Annotated[
         float | None, typer.Option(help="Absolute gain the challenger needs (default MLSD_GATE_MIN_IMPROVEMENT)")
@@ -182,21 +179,23 @@ def promote_command(
     as_json: AsJson = False,
 ) -> None:
     """Gate the challenger against the champion on the same recent holdout; promote it if it passes."""
-    from pipelines.monitoring.gate import promote, read_gate_data, resolve_model
-
-    name = resolve_model(model)
-    if data is None and not force:
-        raise ValueError("promote needs --data PATH (recent data the gate scores both models on) unless --force.")
+    from pipelines.monitoring.gate import check_metric, promote
     from pipelines.platform.registry import connect_mlflow
 
+    chosen = find_design(model)
+    name = chosen.model_name
+    if data is None and not force:
+        raise InvalidInput("promote needs --data PATH (recent data the gate scores both models on) unless --force.")
     settings = Settings()
+    if metric is not None:
+        check_metric(chosen, metric)  # an unknown metric fails before the file is read
     # The file is read and checked first: a bad file fails before anything touches the registry.
-    frame = read_gate_data(settings, name, data) if data is not None and not force else None
+    frame = chosen.read_data(settings, data) if data is not None and not force else None
     connect_mlflow(settings)
     with console.status("scoring the champion and the challenger on the holdout"):
         outcome = promote(
             settings,
-            name,
+            chosen,
             frame,
             metric=metric,
             min_improvement=min_improvement,

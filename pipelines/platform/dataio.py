@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
+from pipelines.platform.errors import InvalidInput, UserError
+
 COLUMN_KINDS = ("string", "datetime", "float", "int", "label")
 CSV_SUFFIXES = (".csv.gz", ".csv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -33,7 +35,7 @@ _EXPECTED = {
 _LABEL_WORDS = {"0": 0, "1": 1, "false": 0, "true": 1, "0.0": 0, "1.0": 1}
 
 
-class DataFileError(Exception):
+class DataFileError(UserError):
     """A problem with a user's data file, worded as one sentence that names the file, the column and the fix.
 
     Callers print `str(error)` without a traceback. `path`, `column` and `row` (1-based, header excluded)
@@ -391,10 +393,20 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 def split_history_live(events: pd.DataFrame, live_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """History (for training and warming stream state) and the last `live_days` calendar days (to replay live)."""
     if live_days < 1:
-        raise ValueError("live days must be at least 1")
+        raise InvalidInput(f"--live-days must be at least 1, got {live_days}.")
     timestamps = pd.to_datetime(events["timestamp"], utc=True)
     cut = timestamps.max().floor("D") - pd.Timedelta(days=live_days - 1)
     if cut <= timestamps.min():
-        raise ValueError(f"the file spans less than {live_days + 1} days; use fewer live days or a longer file")
+        raise InvalidInput(f"The file spans less than {live_days + 1} days; use fewer --live-days or a longer file.")
     live = (timestamps >= cut).to_numpy()
     return events[~live], events[live]
+
+
+def write_split(
+    events: pd.DataFrame, live_days: int, history_out: Path, live_out: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`split_history_live` written to two files (the `split` commands); returns (history, live)."""
+    history, live = split_history_live(events, live_days)
+    write_table(history, history_out)
+    write_table(live, live_out)
+    return history, live

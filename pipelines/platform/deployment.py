@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, get_args
 
 from pipelines.platform import registry
-from pipelines.platform.predictions import PREDICTION_TOPICS, PredictionRecord, Variant
+from pipelines.platform.predictions import PredictionRecord, Variant, predictions_topic
 from pipelines.platform.stream import encode, make_producer
 from pipelines.settings import Settings
 
@@ -325,7 +325,7 @@ class PredictionLogger:
         # gzip: kafka-python checksums each batch (CRC-32C) in pure Python, ~0.2 ms per KB with the GIL held, which
         # showed up as a request's p99; the records' JSON shrinks ~8x in C first, so the checksum has little to do.
         producer = make_producer(settings, linger_ms=100, compression_type="gzip") if publish else None
-        return cls(producer, PREDICTION_TOPICS[design])
+        return cls(producer, predictions_topic(design))
 
     def log(self, record: PredictionRecord) -> None:
         if self.producer is None:

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"  # logged by a design's training run (see pipelines/fraud/train.py)
+REFERENCE_LABEL = "label"  # the reference's outcome column, where the design has labels at training time
 
 FindingKind = Literal["missing_column", "unexpected_column", "wrong_type", "missing_values", "out_of_range"]
 
@@ -344,7 +346,7 @@ def evidently_snapshot(reference: pd.DataFrame, current: pd.DataFrame, config: D
             ValueDrift(column=config.prediction, method=config.method, threshold=config.prediction_threshold)
         )
     if not metrics:
-        raise ValueError("the window shares no numeric column with the reference, so there is nothing to compare")
+        raise InvalidInput("the window shares no numeric column with the reference, so there is nothing to compare")
     return Report(metrics).run(
         Dataset.from_pandas(current[columns].astype(float), data_definition=definition),
         Dataset.from_pandas(reference[columns].astype(float), data_definition=definition),
@@ -428,7 +430,7 @@ def load_reference(settings: Settings, model_name: str, version: str) -> pd.Data
     try:
         model_version = MlflowClient().get_model_version(model_name, version)
     except MlflowException as exc:
-        raise ValueError(
+        raise InvalidInput(
             f"The registry has no version {version} of '{model_name}' named in the prediction records; "
             "point MLSD_MLFLOW_TRACKING_URI at the registry the service loads its models from."
         ) from exc

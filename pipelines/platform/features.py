@@ -6,6 +6,7 @@ import functools
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,14 +55,14 @@ def open_feature_store(settings: Settings) -> FeatureStore:
     return FeatureStore(config=repo_config(settings))
 
 
-def apply_feature_definitions(settings: Settings) -> FeatureStore:
-    """Register every design's Feast objects (idempotent, like `feast apply`)."""
-    from feature_repo.fraud import fraud_feature_objects
-    from feature_repo.recsys import recsys_feature_objects
+def apply_feature_definitions(settings: Settings, definitions: Iterable[Callable[[Path], list[Any]]]) -> FeatureStore:
+    """Register the Feast objects each of `definitions` builds (idempotent, like `feast apply`).
 
+    A definition is a design's `feature_objects`: offline folder → entities, sources, views, feature services.
+    """
     store = open_feature_store(settings)
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    store.apply([*fraud_feature_objects(settings.offline_dir), *recsys_feature_objects(settings.offline_dir)])
+    store.apply([obj for build in definitions for obj in build(settings.offline_dir)])
     store.refresh_registry()  # the background-refreshed cache would otherwise lag behind this apply
     return store
 

@@ -14,16 +14,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pipelines.platform.stream import ServiceUnavailable, ensure_topics
+from pipelines.platform.errors import PortInUse, ServiceUnavailable
+from pipelines.platform.stream import ensure_topics
 from pipelines.settings import Settings
-
-
-class PortInUse(Exception):
-    pass
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -231,27 +229,21 @@ def mlflow_server_command(settings: Settings, host: str) -> list[str]:
 STACK = ("kafka", "mlflow")
 
 
-def all_topics() -> list[str]:
-    from pipelines.fraud.events import TOPICS as FRAUD_TOPICS
-    from pipelines.platform.predictions import ALERTS_TOPIC, PREDICTION_TOPICS
-    from pipelines.recsys.events import TOPICS as RECSYS_TOPICS
-
-    return [*FRAUD_TOPICS, *RECSYS_TOPICS, *PREDICTION_TOPICS.values(), ALERTS_TOPIC]
-
-
-def stack_up(settings: Settings) -> list[ManagedProcess]:
-    """Start what is not running yet; register the Feast definitions. Returns the processes started now."""
+def stack_up(
+    settings: Settings, topics: Sequence[str], feature_definitions: Sequence[Callable[[Path], list[Any]]]
+) -> list[ManagedProcess]:
+    """Start what is not running yet, create `topics`, register the Feast definitions; returns what started now."""
     from pipelines.platform.features import apply_feature_definitions
 
     started: list[ManagedProcess] = []
     try:
         if settings.kafka_embedded and not running(settings, "kafka"):
-            started.append(start_broker(settings, all_topics()))
+            started.append(start_broker(settings, topics))
         else:
-            ensure_topics(settings, all_topics())
+            ensure_topics(settings, topics)
         if not settings.mlflow_tracking_uri and not running(settings, "mlflow"):
             started.append(start_mlflow(settings))
-        apply_feature_definitions(settings)
+        apply_feature_definitions(settings, feature_definitions)
     except Exception:
         for process in reversed(started):
             stop_process(settings, process.name)

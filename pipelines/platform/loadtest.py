@@ -30,6 +30,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from pipelines.platform.errors import InvalidInput
+
 __all__ = [
     "LATE_SEND_MS",
     "TICK_S",
@@ -210,13 +212,13 @@ async def run_open_loop(
     ``progress(sent, total)`` is called about every half second and once at the end.
     """
     if rps <= 0:
-        raise ValueError("rps must be > 0")
+        raise InvalidInput("rps must be > 0")
     if duration_s <= 0:
-        raise ValueError("duration_s must be > 0")
+        raise InvalidInput("duration_s must be > 0")
     if timeout_s <= 0:
-        raise ValueError("timeout_s must be > 0")
+        raise InvalidInput("timeout_s must be > 0")
     if max_in_flight < 1:
-        raise ValueError("max_in_flight must be >= 1")
+        raise InvalidInput("max_in_flight must be >= 1")
 
     total = max(1, math.ceil(rps * duration_s - 1e-9))
     interval = 1.0 / rps
@@ -432,3 +434,31 @@ def write_json(results: dict[str, Any] | list[Any] | LoadTestResult, path: Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=_jsonable, allow_nan=False) + "\n")
     return path
+
+
+def drive_service(
+    design: str, target: str, start_hint: str, payloads: list[dict], rps: float, duration: float, out_dir: Path
+) -> LoadTestResult:
+    """`mlsd loadtest`: wait for the service, run the open-loop load, print the summary, write JSON and a histogram."""
+    from rich.progress import Progress
+
+    from pipelines.platform.console import console, print_facts
+    from pipelines.platform.infra import wait_for_http
+
+    wait_for_http(target.rsplit("/", 1)[0] + "/readyz", 90, f"The {design} service (start it with {start_hint})")
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"{rps:.0f} req/s for {duration:.0f} s", total=int(rps * duration))
+        result = run_load_test(
+            target,
+            lambda i: payloads[i % len(payloads)],
+            rps,
+            duration,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    print_facts(result.summary_rows(), f"load test {target}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{design}_{int(rps)}rps"
+    write_json(result, out_dir / f"{name}.json")
+    plot = save_latency_histogram(result, out_dir / f"{name}.png", f"{design} {target} at {rps:.0f} req/s")
+    console.print(f"wrote {out_dir / f'{name}.json'} and {plot}")
+    return result

@@ -12,12 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FRAUD_PREDICTIONS_TOPIC = "fraud.predictions"
-RECSYS_PREDICTIONS_TOPIC = "recsys.predictions"
 ALERTS_TOPIC = "monitoring.alerts"
-PREDICTION_TOPICS = {"fraud": FRAUD_PREDICTIONS_TOPIC, "recsys": RECSYS_PREDICTIONS_TOPIC}
 
 Variant = Literal["champion", "challenger"]
+
+
+def predictions_topic(design: str) -> str:
+    """`<design>.predictions`: where a design's services log every prediction."""
+    return f"{design}.predictions"
 
 
 def _utc(value: datetime) -> datetime:
@@ -34,7 +36,7 @@ class PredictionRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    design: Literal["fraud", "recsys"]
+    design: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     request_id: str = Field(min_length=1, max_length=64)
     entity_id: str = Field(min_length=1, max_length=64)  # transaction_id (fraud) or user_id (recsys)
     timestamp: datetime  # event time of the request (the transaction's time; the request time for recsys)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
+
 Recommendations = Mapping[str, Sequence[str]] | pd.DataFrame
 ItemVectors = Mapping[str, Sequence[float] | np.ndarray]
 
@@ -59,7 +61,7 @@ class CandidateRecall:
 
 def _check_k(k: int, name: str = "k") -> None:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"{name} must be a positive integer, got {k!r}.")
+        raise InvalidInput(f"{name} must be a positive integer, got {k!r}.")
 
 
 def _gains(recommended: Sequence[str], relevant: Set[str], k: int) -> list[int]:
@@ -130,7 +132,7 @@ def _rows_from_frame(frame: pd.DataFrame, users: pd.Index, depth: int) -> _Rows:
     """Rows in `rank` order when the frame has a `rank` column (smaller is better), else in row order."""
     missing = {"user_id", "item_id"} - set(frame.columns)
     if missing:
-        raise ValueError(f"the recommendations frame lacks the column(s) {', '.join(sorted(missing))}.")
+        raise InvalidInput(f"the recommendations frame lacks the column(s) {', '.join(sorted(missing))}.")
     group, labels = pd.factorize(frame["user_id"])
     group = group.astype(np.int64)
     rank = frame["rank"].to_numpy() if "rank" in frame.columns else None
@@ -159,10 +161,10 @@ def _evaluated_users(relevant: Mapping[str, Set[str]]) -> tuple[pd.Index, np.nda
     """Users with at least one relevant item, the size of each user's set, and (user, item) pairs flattened."""
     kept = [(user, items) for user, items in relevant.items() if items]
     if not kept:
-        raise ValueError("no user has a relevant item; check that the test split is not empty.")
+        raise InvalidInput("no user has a relevant item; check that the test split is not empty.")
     users = pd.Index([user for user, _ in kept], dtype=object)
     if not users.is_unique:
-        raise ValueError("the relevance mapping holds a user twice; give each user one set.")
+        raise InvalidInput("the relevance mapping holds a user twice; give each user one set.")
     sizes = np.fromiter((len(items) for _, items in kept), dtype=np.int64, count=len(kept))
     pair_items = np.empty(int(sizes.sum()), dtype=object)
     pair_items[:] = list(chain.from_iterable(items for _, items in kept))
@@ -264,7 +266,7 @@ def evaluate_rankings(
     _check_k(k)
     _check_k(catalogue_size, "catalogue_size")
     if item_category is not None and item_vectors is not None:
-        raise ValueError("pass item_category or item_vectors for diversity, not both.")
+        raise InvalidInput("pass item_category or item_vectors for diversity, not both.")
     users, sizes, pair_items = _evaluated_users(relevant)
     rows = _rows(recommended, users, k)
     coded = _code(rows, sizes, pair_items)

@@ -23,9 +23,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipelines.platform.stream import ServiceUnavailable
+from pipelines.platform.errors import InvalidInput, ServiceUnavailable
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ ACTIONS: tuple[str, ...] = ("register", "promote", "reject", "rollback", "retrai
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
-class RegistryError(ValueError):
+class RegistryError(InvalidInput):
     """A registry request that cannot be carried out; the message says why and what to do instead."""
 
 
@@ -139,13 +140,19 @@ def list_versions(name: str) -> list[VersionInfo]:
 
 
 def alias_version(name: str, alias: str) -> str | None:
-    """The version `name@alias` points at, or None when the alias (or the model) does not exist."""
+    """The version `name@alias` points at, or None when the alias (or the model) does not exist.
+
+    Any other failure (the registry is unreachable) raises: a model watcher must tell "no challenger" from
+    "cannot look".
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return str(_client().get_model_version_by_alias(_check_name(name), alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            return None
+        raise
 
 
 def _require_version(name: str, version: str) -> None:
@@ -358,10 +365,20 @@ def remove_alias(name: str, alias: str) -> str | None:
 
 
 def pinned_requirements(*packages: str) -> list[str]:
-    """`package==installed version` for a logged model: MLflow would otherwise spend 8-30 s inferring them."""
-    from importlib.metadata import version
+    """`package==installed version` for a logged model: MLflow would otherwise spend 8-30 s inferring them.
 
-    return [f"{name}=={version(name)}" for name in packages]
+    On Linux XGBoost is installed as `xgboost-cpu` (the same `import xgboost` without the CUDA libraries); the pin
+    names the distribution that is installed.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in packages:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(f"{name}-cpu=={version(name + '-cpu')}")
+    return pins
 
 
 def register_version(
@@ -455,36 +472,30 @@ def rollback(name: str, reason: str = "rollback", command: str | None = None) ->
 # ---------------------------------------------------------------- loading
 
 
-@dataclass
-class LoadedModel:
-    name: str
-    version: str
-    model: Any
-    tags: dict[str, str]
+def require_alias(name: str, alias: str, train_hint: str) -> str:
+    """The version behind `name@alias`; fails in one sentence (with how to train one) when there is none."""
+    version = alias_version(name, alias)
+    if version is None:
+        raise ServiceUnavailable(f"No model '{name}' has the alias '{alias}' yet; train one first with {train_hint}.")
+    return version
 
 
-def load_alias(name: str, alias: str = CHAMPION) -> LoadedModel:
-    """Load the XGBoost model behind `name@alias` with its version tags."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client()
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        raise ServiceUnavailable(
-            f"No model '{name}' has the alias '{alias}' yet; train one first (for fraud: `mlsd fraud train`)."
-        ) from exc
-    # Load the version the alias pointed at when asked, so a concurrent promotion cannot mix two versions.
-    return load_version(name, str(version.version))
-
-
-def load_version(name: str, version: str) -> LoadedModel:
-    """Load one XGBoost version of `name` with its tags (the gate scores versions, not aliases)."""
-    import mlflow.xgboost
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The tags of one registered version; a version that does not exist fails in one sentence."""
     from mlflow.exceptions import MlflowException
 
     try:
-        tags = dict(_client().get_model_version(name, version).tags or {})
+        return dict(_client().get_model_version(name, version).tags or {})
     except MlflowException:
         raise RegistryError(f"'{name}' has no version {version}; see `mlsd registry list --model {name}`.") from None
-    return LoadedModel(name, version, mlflow.xgboost.load_model(f"models:/{name}/{version}"), tags)
+
+
+def download_version(name: str, version: str) -> Path:
+    """The files of one registered version in a local folder (the MLflow model directory), nothing loaded.
+
+    Designs load their models from these files in formats that execute no code (XGBoost's own format, arrays,
+    index files), never through a pickle.
+    """
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(f"models:/{_check_name(name)}/{version}"))

@@ -11,23 +11,20 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from pipelines.platform.errors import ServiceUnavailable
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer
 
 DLQ_SUFFIX = ".dlq"
-
-
-class ServiceUnavailable(Exception):
-    """A service the command needs is not reachable; the message says which and how to start it."""
 
 
 def _json_default(value: Any) -> Any:
@@ -278,6 +275,35 @@ def run_micro_batches(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return stats
+
+
+def place_consumer(
+    consumer: KafkaConsumer, topics: Sequence[str], from_beginning: bool, since: datetime | None
+) -> None:
+    """Take every partition of `topics` directly and set where reading starts.
+
+    For observers such as the monitor and the retraining loop: they need no group membership (no join wait, no
+    competing for partitions with another observer), and they rebuild their state from the log, so their start is
+    explicit rather than a committed offset. `since` starts at the first record the broker received at or after
+    that moment.
+    """
+    from kafka import TopicPartition
+
+    consumer.unsubscribe()
+    partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+    consumer.assign(partitions)
+    if since is not None:
+        found = consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
+        for tp in partitions:
+            hit = found.get(tp)
+            if hit is None or hit.timestamp < 0:  # nothing that recent yet
+                consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, hit.offset)
+    elif from_beginning:
+        consumer.seek_to_beginning(*partitions)
+    else:
+        consumer.seek_to_end(*partitions)
 
 
 def percentile_summary(values: list[float]) -> dict[str, Any]:

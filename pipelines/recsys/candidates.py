@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pipelines.platform.errors import InvalidInput
+
 GENERATORS = ("als", "item2item", "popular")
 SECONDS_PER_DAY = 86_400.0
 Candidate = tuple[str, float, str]
@@ -90,24 +92,24 @@ class CandidateConfig:
             ("item_similarity", ("ease", "rp3beta")),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}.")
+                raise InvalidInput(f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}.")
         if not self.ease_lambda > 0:
-            raise ValueError(f"ease_lambda must be positive, got {self.ease_lambda}.")
+            raise InvalidInput(f"ease_lambda must be positive, got {self.ease_lambda}.")
         for name in ("factors", "iterations", "hnsw_m", "ef_construction", "ef_search", "neighbours", "ease_max_items"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}.")
         for name in ("walk_power", "popularity_penalty"):
             if not 0 <= getattr(self, name) <= 2:
-                raise ValueError(f"{name} must lie between 0 and 2, got {getattr(self, name)}.")
+                raise InvalidInput(f"{name} must lie between 0 and 2, got {getattr(self, name)}.")
         if not self.fusion_offset > 0:
-            raise ValueError(f"fusion_offset must be positive, got {self.fusion_offset}.")
+            raise InvalidInput(f"fusion_offset must be positive, got {self.fusion_offset}.")
         for name, weight in self.merge_weights:
             if name not in GENERATORS:
-                raise ValueError(f"unknown generator {name!r} in merge_weights; choose from {', '.join(GENERATORS)}.")
+                raise InvalidInput(f"unknown generator {name!r} in merge_weights; choose from {', '.join(GENERATORS)}.")
             if not weight >= 0:
-                raise ValueError(f"the merge weight of {name} must be zero or more, got {weight}.")
+                raise InvalidInput(f"the merge weight of {name} must be zero or more, got {weight}.")
         if not any(weight > 0 for _, weight in self.merge_weights):
-            raise ValueError("every merge weight is zero; give at least one generator a positive weight.")
+            raise InvalidInput("every merge weight is zero; give at least one generator a positive weight.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,7 +157,7 @@ class Catalogue:
 def _check_columns(frame: pd.DataFrame, needed: Sequence[str], what: str) -> None:
     missing = [column for column in needed if column not in frame.columns]
     if missing:
-        raise ValueError(f"the {what} lack the column {missing[0]!r}; add it or rename the column that holds it.")
+        raise InvalidInput(f"the {what} lack the column {missing[0]!r}; add it or rename the column that holds it.")
 
 
 def _user_items(train: pd.DataFrame, catalogue: Catalogue) -> sp.csr_matrix:
@@ -255,10 +257,10 @@ def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
     potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (matrix,))
     factor, info = potrf(matrix, lower=False, overwrite_a=True)
     if info != 0:
-        raise ValueError(f"the EASE matrix is not positive definite (LAPACK info {info}); raise ease_lambda.")
+        raise InvalidInput(f"the EASE matrix is not positive definite (LAPACK info {info}); raise ease_lambda.")
     upper, info = potri(factor, lower=False, overwrite_c=True)
     if info != 0:
-        raise ValueError(f"the EASE matrix could not be inverted (LAPACK info {info}); raise ease_lambda.")
+        raise InvalidInput(f"the EASE matrix could not be inverted (LAPACK info {info}); raise ease_lambda.")
     return np.triu(upper) + np.triu(upper, 1).T
 
 
@@ -367,7 +369,7 @@ class CandidateModel:
         config = config or CandidateConfig()
         _check_columns(train, ["user_id", "item_id", "timestamp"], "training interactions")
         if train.empty:
-            raise ValueError("the training interactions are empty; there is nothing to learn candidates from.")
+            raise InvalidInput("the training interactions are empty; there is nothing to learn candidates from.")
         if items is not None:
             _check_columns(items, ["item_id"], "items")
         started = time.perf_counter()
@@ -539,7 +541,7 @@ class CandidateModel:
             return self.item2item(users, n, exclude_seen, recent)
         if name == "popular":
             return self.popular(users, n, exclude_seen)
-        raise ValueError(f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}.")
+        raise InvalidInput(f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}.")
 
     # -- merged candidates ---------------------------------------------------------------------------------
 
@@ -558,7 +560,7 @@ class CandidateModel:
         session's items for a user unknown at fit time.
         """
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}.")
+            raise InvalidInput(f"n must be a positive integer, got {n!r}.")
         user_ids = [str(user) for user in user_ids]
         users = self.catalogue.user_codes(user_ids)
         recent = None

@@ -8,23 +8,24 @@ to Kafka while open-loop traffic asks for recommendations → summary table with
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from pipelines.settings import Settings
+    from pipelines.settings import Settings
 
 STAGES = ("candidates", "features", "ranking", "reranking", "total")
 
 
 def stage_latency(url: str, payloads: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """p50/p99 of each stage as the service reports it, over sequential requests (no queueing in the numbers)."""
+    import numpy as np
+
     seen: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for body in payloads:
         request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -39,20 +40,18 @@ def stage_latency(url: str, payloads: list[dict[str, Any]]) -> dict[str, dict[st
     }
 
 
-def run_recsys_demo(
-    settings: Settings, console: Console, n_interactions: int, rps: float, duration: float
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RecsysDemoOptions:
+    interactions: int = 150_000  # simulated interactions
+    rps: float = 50.0  # live recommendation traffic, requests per second
+    duration: float = 20.0  # seconds of live traffic while the last day streams in
+
+
+def run_recsys_demo(settings: Settings, console: Console, options: RecsysDemoOptions) -> dict[str, Any]:
     """Assumes the embedded stack is up; stops every process it starts."""
     from pipelines.platform.dataio import split_history_live, write_table
-    from pipelines.platform.infra import (
-        require_free_port,
-        running,
-        start_process,
-        stop_process,
-        wait_for_http,
-        wait_for_log,
-    )
-    from pipelines.platform.loadtest import run_load_test, save_latency_histogram
+    from pipelines.platform.live import LivePlan, LiveRun
+    from pipelines.platform.loadtest import save_latency_histogram
     from pipelines.recsys.evaluate import EvaluateConfig, evaluate_pipeline, ranker_trainer
     from pipelines.recsys.loadgen import payloads_from_interactions
     from pipelines.recsys.simulate import config_for_size, simulate_interactions
@@ -60,9 +59,8 @@ def run_recsys_demo(
 
     report_dir = settings.reports_dir / "recsys"
     report_dir.mkdir(parents=True, exist_ok=True)
-    require_free_port(settings.recsys_service_port, "the recommendation service", "MLSD_RECSYS_SERVICE_PORT")
-    with console.status(f"simulating about {n_interactions:,} interactions"):
-        interactions, items = simulate_interactions(config_for_size(n_interactions, seed=settings.seed))
+    with console.status(f"simulating about {options.interactions:,} interactions"):
+        interactions, items = simulate_interactions(config_for_size(options.interactions, seed=settings.seed))
     history, live = split_history_live(interactions, 1)
     data_dir = settings.data_dir
     write_table(history, data_dir / "interactions.parquet")
@@ -85,73 +83,45 @@ def run_recsys_demo(
         f"({trained.training_rows:,} ranker rows)"
     )
 
-    mlsd = [sys.executable, "-m", "pipelines"]
     stream_json = report_dir / "stream.json"
     stream_json.unlink(missing_ok=True)
-    processes: list[str] = []
-    try:
-        stream = start_process(
-            settings,
-            "recsys-stream",
-            [
-                *mlsd,
-                "recsys",
-                "stream",
-                "--items",
-                str(data_dir / "items.parquet"),
-                "--history",
-                str(data_dir / "interactions.parquet"),
-                "--group",
-                f"recsys-features-demo-{int(time.time())}",
-                "--json-out",
-                str(stream_json),
-            ],
-        )
-        processes.append("recsys-stream")
+    plan = LivePlan(
+        design="recsys",
+        stream_args=["recsys", "stream", "--items", str(data_dir / "items.parquet")]
+        + ["--history", str(data_dir / "interactions.parquet")]
+        + ["--group", f"recsys-features-demo-{int(time.time())}", "--json-out", str(stream_json)],
+        serve_args=["recsys", "serve"],
+        replay_args=["recsys", "replay", "--interactions", str(data_dir / "interactions_live.parquet")],
+        port=settings.recsys_service_port,
+        endpoint="/recommend",
         # The processor seeds the online store with the history's newest rows before it consumes; the service
         # reads the catalogue's item rows when it starts, so it starts after that.
-        with console.status("stream processor: rebuilding its state from the history, seeding the online store"):
-            wait_for_log(stream, "consuming", 300)
-        start_process(settings, "recsys-service", [*mlsd, "recsys", "serve"])
-        processes.append("recsys-service")
-        service = f"http://127.0.0.1:{settings.recsys_service_port}"
-        with console.status("waiting for the recommendation service to load the champion"):
-            wait_for_http(
-                f"{service}/readyz", 180, "The recommendation service", settings.run_dir / "recsys-service.log"
-            )
-        console.print(f"[green]recommendation service ready[/green] at {service} (OpenAPI docs at {service}/docs)")
-
-        payloads = payloads_from_interactions(history, k=10, limit=20_000, cold_share=0.1, seed=settings.seed)
-        url = f"{service}/recommend"
-        run_load_test(url, lambda i: payloads[-1 - i % len(payloads)], 20, 3)  # warm-up
-        stages = stage_latency(url, payloads[:200])
-        replay_rate = max(len(live) / max(duration, 1.0), 200.0)
-        start_process(
-            settings,
-            "recsys-replay",
-            [*mlsd, "recsys", "replay", "--interactions", str(data_dir / "interactions_live.parquet")]
-            + ["--rate", f"{replay_rate:.0f}"],
+        service_after_stream=True,
+        stream_ready_s=300,
+    )
+    payloads = payloads_from_interactions(history, k=10, limit=20_000, cold_share=0.1, seed=settings.seed)
+    with LiveRun(settings, plan) as run:
+        with console.status("stream processor: rebuilding its state, seeding the online store; then the service"):
+            run.start()
+        console.print(
+            f"[green]recommendation service ready[/green] at {plan.base_url} (OpenAPI docs at {plan.base_url}/docs)"
         )
-        processes.append("recsys-replay")
-        with console.status(f"live traffic {rps:.0f} req/s for {duration:.0f} s while the last day streams in"):
-            load = run_load_test(url, lambda i: payloads[i % len(payloads)], rps, duration)
-        deadline = time.monotonic() + 120
-        while running(settings, "recsys-replay") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(2)  # the processor's last micro-batch
-        stop_process(settings, "recsys-stream", timeout_s=20)
-        processes.remove("recsys-stream")
-        histogram = save_latency_histogram(load, report_dir / "live_latency.png", f"/recommend at {rps:.0f} req/s")
-    finally:
-        for name in processes:
-            stop_process(settings, name)
+        run.load(payloads[::-1], 20, 3)  # warm-up
+        stages = stage_latency(plan.url, payloads[:200])
+        run.start_replay(max(len(live) / max(options.duration, 1.0), 200.0))
+        with console.status(
+            f"live traffic {options.rps:.0f} req/s for {options.duration:.0f} s while the last day streams in"
+        ):
+            load = run.load(payloads, options.rps, options.duration)
+        run.drain()
+    histogram = save_latency_histogram(load, report_dir / "live_latency.png", f"/recommend at {options.rps:.0f} req/s")
 
     summary = {
         "interactions": len(interactions),
         "items": int(interactions["item_id"].nunique()),
         "evaluation": evaluation,
         "train": {"model_version": trained.model_version, "seconds": trained.seconds, "rows": trained.training_rows},
-        "live": {"rps": rps, "duration_s": duration, **load.to_dict()},
+        "live": {"rps": options.rps, "duration_s": options.duration, **load.to_dict()},
         "stages_ms": stages,
         "stream": json.loads(stream_json.read_text()) if stream_json.exists() else {},
         "histogram": str(histogram),
@@ -162,6 +132,8 @@ def run_recsys_demo(
 
 
 def print_recsys_summary(console: Console, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
     evaluation = summary["evaluation"]
     k = evaluation.get("k", 10)
     table = Table(title=f"mlsd recommendation demo — offline evaluation ({evaluation['users_evaluated']:,} users)")
@@ -196,7 +168,7 @@ def recsys_report_section(summary: dict[str, Any]) -> str:
     """The HTML block the demo report adds for this design."""
     import html
 
-    from pipelines.demo import _image
+    from pipelines.platform.report import image
 
     rows = "".join(
         f"<tr><td>{html.escape(row['model'])}</td><td>{row['ndcg']:.4f}</td><td>{row['recall']:.4f}</td>"
@@ -211,5 +183,5 @@ def recsys_report_section(summary: dict[str, Any]) -> str:
         f"<th>recall@10</th><th>coverage</th><th>diversity</th></tr>{rows}</table><h2>Live /recommend</h2>"
         f"<p>{live['rps']:.0f} req/s for {live['duration_s']:.0f} s: p50 {live['p50_ms']:.1f} ms, p99 "
         f"{live['p99_ms']:.1f} ms, {live['errors']} errors. Per stage (p50): {html.escape(stages)}.</p>"
-        f"{_image(Path(summary['histogram']))}"
+        f"{image(Path(summary['histogram']))}"
     )

@@ -6,16 +6,16 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipelines.platform.stream import DLQ_SUFFIX
+
 INTERACTIONS_TOPIC = "recsys.interactions"
 ITEMS_TOPIC = "recsys.items"
-RECOMMENDATIONS_TOPIC = "recsys.recommendations"
-DLQ_SUFFIX = ".dlq"
+PREDICTIONS_TOPIC = "recsys.predictions"  # served and shadow lists (pipelines/platform/predictions.py)
 TOPICS = (
     INTERACTIONS_TOPIC,
     INTERACTIONS_TOPIC + DLQ_SUFFIX,
     ITEMS_TOPIC,
     ITEMS_TOPIC + DLQ_SUFFIX,
-    RECOMMENDATIONS_TOPIC,
 )
 
 

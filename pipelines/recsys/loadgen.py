@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
 from pipelines.settings import Settings
 
 COLD_START_SHARE = 0.1  # share of requests for users nobody has seen (they get popular/fresh items)
@@ -34,7 +35,7 @@ def payloads_from_interactions(
 ) -> list[dict[str, Any]]:
     """Users sampled in proportion to their interactions (busy users ask more often), some never seen."""
     if not 0 <= cold_share <= 1:
-        raise ValueError(f"the cold-start share must lie between 0 and 1, got {cold_share!r}.")
+        raise InvalidInput(f"the cold-start share must lie between 0 and 1, got {cold_share!r}.")
     rng = np.random.default_rng(seed)
     users = frame["user_id"].astype(str).to_numpy()
     picked = users[rng.integers(0, len(users), size=limit)]

@@ -31,6 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from feature_repo.recsys import ITEM_FEATURES, USER_FEATURES
+from pipelines.platform.errors import InvalidInput
 from pipelines.recsys.candidates import GENERATORS, Candidate, CandidateConfig, CandidateModel, tune_als
 from pipelines.recsys.features import backfill_features
 from pipelines.recsys.splits import split_interactions
@@ -327,7 +328,7 @@ def ranking_features(
     user_codes = _codes(model.catalogue.user_index, user_ids)
     item_codes = _codes(model.catalogue.item_index, pairs["item_id"].to_numpy())
     if (item_codes < 0).any():
-        raise ValueError("a candidate item is not in the candidate model's catalogue; rank its own candidates.")
+        raise InvalidInput("a candidate item is not in the candidate model's catalogue; rank its own candidates.")
     known = user_codes >= 0
     generators = pairs["generator"].to_numpy()
     out: dict[str, np.ndarray] = {
@@ -438,9 +439,9 @@ def label_cut(
       taught on a temporal cut it learns "what comes next", which that protocol does not ask.
     """
     if not 0 < label_frac < 1:
-        raise ValueError(f"label_frac must lie strictly between 0 and 1, got {label_frac!r}.")
+        raise InvalidInput(f"label_frac must lie strictly between 0 and 1, got {label_frac!r}.")
     if how not in LABEL_CUTS:
-        raise ValueError(f"unknown label cut {how!r}; choose one of {', '.join(LABEL_CUTS)}.")
+        raise InvalidInput(f"unknown label cut {how!r}; choose one of {', '.join(LABEL_CUTS)}.")
     times = pd.to_datetime(train["timestamp"], utc=True)
     start, end = times.min(), times.max()
     if how == "random":
@@ -451,7 +452,7 @@ def label_cut(
         past = train[(times <= moment).to_numpy()]
         window = train[(times > moment).to_numpy()]
     if past.empty or window.empty:
-        raise ValueError("the training interactions are too few to cut into a past and a label window.")
+        raise InvalidInput("the training interactions are too few to cut into a past and a label window.")
     return past, window, moment
 
 
@@ -528,7 +529,7 @@ def fit_ranker(data: TrainingSet, params: RankerParams | None = None) -> Any:
     positive = frame.groupby("user_id", sort=False)["label"].transform("max") > 0
     frame = frame[positive.to_numpy()]
     if frame.empty:
-        raise ValueError("no user interacted with any of their candidates in the label window; use more data.")
+        raise InvalidInput("no user interacted with any of their candidates in the label window; use more data.")
     ranker = XGBRanker(
         objective=params.objective,
         n_estimators=params.n_estimators,
@@ -586,7 +587,7 @@ class RecsysRanker:
         and the ranker works from the candidate scores alone.
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}.")
+            raise InvalidInput(f"k must be a positive integer, got {k!r}.")
         user_ids = [str(user) for user in user_ids]
         if snapshot is None:
             snapshot = FeatureSnapshot(

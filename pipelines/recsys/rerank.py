@@ -38,6 +38,7 @@ from typing import Any, Literal, get_args
 
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
 from pipelines.platform.ranking import evaluate_rankings
 
 Candidate = tuple[str, float, str]
@@ -66,24 +67,24 @@ class RerankConfig:
     def __post_init__(self) -> None:
         if self.diversity not in get_args(Diversity):
             choices = ", ".join(get_args(Diversity))
-            raise ValueError(f"diversity must be one of {choices}, got {self.diversity!r}.")
+            raise InvalidInput(f"diversity must be one of {choices}, got {self.diversity!r}.")
         if not _is_number(self.mmr_lambda) or not 0.0 <= self.mmr_lambda <= 1.0:
-            raise ValueError(f"mmr_lambda must lie between 0 and 1, got {self.mmr_lambda!r}.")
+            raise InvalidInput(f"mmr_lambda must lie between 0 and 1, got {self.mmr_lambda!r}.")
         if isinstance(self.category_cap, bool) or not isinstance(self.category_cap, int) or self.category_cap < 1:
-            raise ValueError(f"category_cap must be a positive integer, got {self.category_cap!r}.")
+            raise InvalidInput(f"category_cap must be a positive integer, got {self.category_cap!r}.")
         if not _is_number(self.freshness_boost) or self.freshness_boost <= 0:
-            raise ValueError(f"freshness_boost must be a positive number, got {self.freshness_boost!r}.")
+            raise InvalidInput(f"freshness_boost must be a positive number, got {self.freshness_boost!r}.")
         if not _is_number(self.freshness_days) or self.freshness_days <= 0:
-            raise ValueError(f"freshness_days must be a positive number, got {self.freshness_days!r}.")
+            raise InvalidInput(f"freshness_days must be a positive number, got {self.freshness_days!r}.")
         if not isinstance(self.remove_seen, bool):
-            raise ValueError(f"remove_seen must be true or false, got {self.remove_seen!r}.")
+            raise InvalidInput(f"remove_seen must be true or false, got {self.remove_seen!r}.")
         if not isinstance(self.boosted, Mapping):
-            raise ValueError(f"boosted must map item ids or 'category:<name>' to numbers, got {self.boosted!r}.")
+            raise InvalidInput(f"boosted must map item ids or 'category:<name>' to numbers, got {self.boosted!r}.")
         for key, value in self.boosted.items():
             if not isinstance(key, str) or not _is_number(value):
-                raise ValueError(f"boosted entry {key!r} must map a name to a finite number, got {value!r}.")
+                raise InvalidInput(f"boosted entry {key!r} must map a name to a finite number, got {value!r}.")
         if isinstance(self.blocked, str) or not all(isinstance(name, str) for name in self.blocked):
-            raise ValueError(f"blocked must be a list of item ids or 'category:<name>', got {self.blocked!r}.")
+            raise InvalidInput(f"blocked must be a list of item ids or 'category:<name>', got {self.blocked!r}.")
         object.__setattr__(self, "boosted", {key: float(value) for key, value in self.boosted.items()})
         object.__setattr__(self, "blocked", frozenset(self.blocked))
 
@@ -94,32 +95,32 @@ class RerankConfig:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
-            raise ValueError(f"cannot read the rules file {path} ({error.strerror}); check the path.") from None
+            raise InvalidInput(f"cannot read the rules file {path} ({error.strerror}); check the path.") from None
         try:
             raw = json.loads(text) if path.suffix.lower() == ".json" else _load_yaml(text)
         except ValueError as error:
-            raise ValueError(f"the rules file {path} is not valid JSON or YAML ({error}).") from None
+            raise InvalidInput(f"the rules file {path} is not valid JSON or YAML ({error}).") from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise ValueError(f"the rules file {path} must hold a mapping of settings, not a {type(raw).__name__}.")
+            raise InvalidInput(f"the rules file {path} must hold a mapping of settings, not a {type(raw).__name__}.")
         known = {item.name for item in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in known:
-                raise ValueError(
+                raise InvalidInput(
                     f"the rules file {path} has the unknown key {key!r}; use one of {', '.join(sorted(known))}."
                 )
             if key == "blocked":
                 if not isinstance(value, list):
-                    raise ValueError(f"the rules file {path} has a bad key 'blocked': it must be a list of names.")
+                    raise InvalidInput(f"the rules file {path} has a bad key 'blocked': it must be a list of names.")
                 value = frozenset(value)
             values[key] = value
         try:
             return cls(**values)
         except ValueError as error:
             bad = next((key for key in values if str(error).startswith(key)), "?")
-            raise ValueError(f"the rules file {path} has a bad key {bad!r}: {error}") from None
+            raise InvalidInput(f"the rules file {path} has a bad key {bad!r}: {error}") from None
 
 
 def _load_yaml(text: str) -> Any:
@@ -128,7 +129,7 @@ def _load_yaml(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ValueError(str(error).replace("\n", " ")) from None
+        raise InvalidInput(str(error).replace("\n", " ")) from None
 
 
 def _is_number(value: Any) -> bool:
@@ -175,7 +176,7 @@ def _plan(
     fresh: frozenset[str] = frozenset()
     if config.freshness_boost != 1.0:
         if item_created is None or now is None:
-            raise ValueError("freshness_boost needs item_created and now; pass both or set freshness_boost to 1.")
+            raise InvalidInput("freshness_boost needs item_created and now; pass both or set freshness_boost to 1.")
         window = config.freshness_days * SECONDS_PER_DAY
         fresh = frozenset(item for item, created in item_created.items() if 0.0 <= now - created < window)
     return _Plan(
@@ -302,7 +303,7 @@ def _mmr(ranked: list[_Entry], k: int, lam: float) -> list[Candidate]:
 
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+        raise InvalidInput(f"k must be a positive integer, got {k!r}.")
 
 
 def rerank(
@@ -346,7 +347,7 @@ def created_seconds(items: pd.DataFrame) -> dict[str, float]:
     """item_id -> `created_at` in seconds since the epoch, the form `rerank` takes for freshness."""
     missing = {"item_id", "created_at"} - set(items.columns)
     if missing:
-        raise ValueError(f"the items frame lacks the column(s) {', '.join(sorted(missing))}.")
+        raise InvalidInput(f"the items frame lacks the column(s) {', '.join(sorted(missing))}.")
     created = pd.to_datetime(items["created_at"], utc=True)
     seconds = (created - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
     return {str(item): float(value) for item, value in zip(items["item_id"], seconds, strict=True) if value == value}

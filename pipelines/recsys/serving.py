@@ -37,7 +37,9 @@ from pipelines.platform.deployment import (
     defer_to_event_loop,
 )
 from pipelines.platform.predictions import PredictionRecord, Variant
-from pipelines.recsys.candidates import GENERATORS, Candidate
+from pipelines.recsys.candidates import Candidate
+from pipelines.recsys.model import MODEL_NAME, TRAIN_HINT, load_recommender
+from pipelines.recsys.monitoring import request_features, top_score
 from pipelines.recsys.rerank import RerankConfig, rerank
 from pipelines.settings import Settings
 
@@ -46,47 +48,7 @@ if TYPE_CHECKING:
     from pipelines.recsys.rank import RecsysRanker
 
 log = logging.getLogger("mlsd.recsys")
-
-# What the prediction log records per request, and the training reference holds per sampled user: user-level
-# numbers only (the request's user row, whether the model knows the user, where its candidates came from), so a
-# shift in who asks, or in what the candidate stage finds for them, shows up without the item table.
-USER_ACTIVITY = ("user_events_1d", "user_events_7d", "user_events_30d", "user_weight_30d")
-REQUEST_FEATURES: tuple[str, ...] = (
-    *USER_ACTIVITY,
-    "user_recent_count",
-    "known_user",
-    *(f"candidates_{name}" for name in GENERATORS),
-)
-
-
-def request_features(
-    user: Mapping[Any, Any] | None, known_user: bool, candidates: Sequence[Candidate]
-) -> dict[str, float]:
-    """The monitored numbers of one request: `user` is its online row (None without one), `candidates` its merge.
-
-    A user without a row had no events: counts are 0, not missing, so a cold-start share reads as a distribution.
-    """
-    row = user or {}
-    features = {name: _count(row.get(name)) for name in USER_ACTIVITY}
-    recent = row.get("user_recent_items")
-    features["user_recent_count"] = float(len(recent)) if isinstance(recent, list | np.ndarray) else 0.0
-    features["known_user"] = float(known_user)
-    made_by = [generator for _, _, generator in candidates]
-    for name in GENERATORS:
-        features[f"candidates_{name}"] = float(made_by.count(name))
-    return features
-
-
-def top_score(ranked: Sequence[Candidate], final: Sequence[Candidate]) -> float:
-    """The ranker's score of the item the list starts with (re-ranking may have adjusted the one it shows)."""
-    if not final:
-        return 0.0
-    first = final[0][0]
-    return next((score for item, score, _ in ranked if item == first), final[0][1])
-
-
-def _count(value: Any) -> float:
-    return 0.0 if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
+DESIGN_NAME = "recsys"  # the `design` of its prediction records and metrics
 
 
 class RecommendRequest(BaseModel):
@@ -151,24 +113,16 @@ def _one_thread(recommender: RecsysRanker) -> None:
 
 
 def load_recsys_model(settings: Settings, alias: str) -> ServingModel[RecsysModel]:
-    """The design's loader for the platform watcher: registry → unwrapped, single-threaded, warmed-up recommender."""
-    import mlflow.pyfunc
+    """The design's loader for the platform watcher: registry → checked, single-threaded, warmed-up recommender.
 
-    from pipelines.platform.deployment import alias_version
-    from pipelines.platform.registry import connect_mlflow
-    from pipelines.platform.stream import ServiceUnavailable
-    from pipelines.recsys.train import MODEL_NAME
+    The version the alias points at now is loaded, so a concurrent promotion cannot mix two versions; its files
+    are read as arrays, an index and XGBoost's JSON (no pickle).
+    """
+    from pipelines.platform.registry import connect_mlflow, require_alias
 
     connect_mlflow(settings)
-    version = alias_version(MODEL_NAME, alias)
-    if version is None:
-        raise ServiceUnavailable(
-            f"No model '{MODEL_NAME}' has the alias '{alias}' yet; train one first with `mlsd recsys train`."
-        )
-    # The version the alias pointed at when asked, so a concurrent promotion cannot mix two versions.
-    recommender: RecsysRanker = (
-        mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model().recommender
-    )
+    version = require_alias(MODEL_NAME, alias, TRAIN_HINT)
+    recommender, _ = load_recommender(version)
     from pipelines.recsys.rank import FEATURE_NAMES
 
     unknown = [name for name in recommender.feature_names if name not in FEATURE_NAMES]
@@ -333,7 +287,6 @@ class Recommender:
     ) -> None:
         from pipelines.platform.features import OnlineRows, open_feature_store
         from pipelines.platform.registry import connect_mlflow
-        from pipelines.recsys.train import MODEL_NAME
 
         self.settings = settings
         connect_mlflow(settings)
@@ -345,7 +298,7 @@ class Recommender:
         self.rerank_config = rerank_config or RerankConfig()
         # The item table exists before the first load: `_load` fills it with the loaded catalogue's rows.
         self.deployment: Deployment[RecsysModel] = Deployment.serving(
-            "recsys", MODEL_NAME, self._load, settings, publish, metrics, defer, watch
+            DESIGN_NAME, MODEL_NAME, self._load, settings, publish, metrics, defer, watch
         )
         self.item_features.start()
 
@@ -473,7 +426,7 @@ def _record(
     latency_ms: float,
 ) -> PredictionRecord:
     return PredictionRecord(
-        design="recsys",
+        design=DESIGN_NAME,
         request_id=request_id,
         entity_id=request.user_id,
         timestamp=at,

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
+
 SECONDS_PER_DAY = 86_400
 EVENT_TYPES = ("view", "click", "purchase")
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "event_type", "weight", "session_id"]
@@ -88,7 +90,7 @@ class InteractionConfig:
     def __post_init__(self) -> None:
         problems = _config_problems(self)
         if problems:
-            raise ValueError(problems[0])
+            raise InvalidInput(problems[0])
 
     @property
     def start_day(self) -> pd.Timestamp:
@@ -107,7 +109,7 @@ class InteractionConfig:
 def _start_day(start: str) -> pd.Timestamp:
     stamp = pd.Timestamp(start)
     if stamp is pd.NaT:
-        raise ValueError("start is empty")
+        raise InvalidInput("start is empty")
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.normalize()
 
@@ -186,11 +188,11 @@ def config_for_size(n_interactions: int, **overrides: Any) -> InteractionConfig:
     given, items follow at one per two users (at least 10 per category).
     """
     if n_interactions < 1:
-        raise ValueError(f"n_interactions must be at least 1, got {n_interactions}.")
+        raise InvalidInput(f"n_interactions must be at least 1, got {n_interactions}.")
     known = {f.name for f in fields(InteractionConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown simulation setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
+        raise InvalidInput(f"unknown simulation setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
     base = InteractionConfig(**overrides)
     if "n_users" in overrides and "days" not in overrides:
         per_user_day = expected_interactions(replace(base, days=2)) / 2

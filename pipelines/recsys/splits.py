@@ -7,24 +7,26 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
+from pipelines.platform.errors import InvalidInput
+
 SplitMethod = Literal["temporal", "random-by-item", "leave-last-out"]
 SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
 
 
 def _check(interactions: pd.DataFrame, method: str, test_frac: float) -> None:
     if method not in SPLIT_METHODS:
-        raise ValueError(f"unknown split method '{method}'; choose one of {', '.join(SPLIT_METHODS)}.")
+        raise InvalidInput(f"unknown split method '{method}'; choose one of {', '.join(SPLIT_METHODS)}.")
     needed = {"user_id", "item_id"} | ({"timestamp"} if method != "random-by-item" else set())
     missing = needed - set(interactions.columns)
     if missing:
         names = ", ".join(sorted(missing))
-        raise ValueError(f"the interactions lack the column(s) {names} that a {method} split needs.")
+        raise InvalidInput(f"the interactions lack the column(s) {names} that a {method} split needs.")
     if interactions.empty:
-        raise ValueError("the interactions are empty; there is nothing to split.")
+        raise InvalidInput("the interactions are empty; there is nothing to split.")
     if method != "leave-last-out" and not (isinstance(test_frac, int | float) and 0 < test_frac < 1):
-        raise ValueError(f"test_frac must lie strictly between 0 and 1, got {test_frac!r}.")
+        raise InvalidInput(f"test_frac must lie strictly between 0 and 1, got {test_frac!r}.")
     if "timestamp" in needed and interactions["timestamp"].isna().any():
-        raise ValueError("some interactions have no timestamp; fill or drop them before a time-based split.")
+        raise InvalidInput("some interactions have no timestamp; fill or drop them before a time-based split.")
 
 
 def _temporal(interactions: pd.DataFrame, test_frac: float) -> np.ndarray:

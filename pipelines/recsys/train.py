@@ -1,8 +1,9 @@
 """Recommendation training: candidates + XGBoost ranker on the interactions, logged to MLflow, registered as
 `recsys-ranker@champion` (or `@challenger`, for the promotion gate to decide; the registration is audited).
 
-The registered model is an MLflow pyfunc whose artifact is the folder `RecsysRanker.save` writes (candidate
-model with its faiss index, XGBoost ranker, item table), so a service loads one alias and gets both stages.
+The registered model is an MLflow pyfunc logged as code (pipelines/recsys/pyfunc_model_code.py) whose artifact is
+the folder `RecsysRanker.save` writes (candidate model with its faiss index, XGBoost ranker, item table), so a
+service loads one alias and gets both stages, and nothing in the registry is a pickle (pipelines/recsys/model.py).
 """
 
 from __future__ import annotations
@@ -13,38 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
 from pipelines.platform.registry import ALIASES, CHAMPION, connect_mlflow, pinned_requirements, register_version
+from pipelines.recsys.model import MODEL_NAME, RECOMMENDER_ARTIFACT
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from pipelines.recsys.rank import RecsysRanker, TrainingSet
 
-MODEL_NAME = "recsys-ranker"
 EXPERIMENT = "recsys"
-
-
-class RecommenderModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
-    """The pyfunc wrapper: input rows with `user_id` and `k`, output one row per recommended item."""
-
-    def load_context(self, context: Any) -> None:
-        from pipelines.recsys.rank import RecsysRanker
-
-        self.recommender = RecsysRanker.load(context.artifacts["recommender"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        # `k` travels as a column: pyfunc passes `params` only to models logged with a params signature.
-        k = int(model_input["k"].iloc[0]) if "k" in model_input and len(model_input) else 10
-        found = self.recommender.recommend(model_input["user_id"].astype(str).tolist(), k)
-        rows = [
-            {"user_id": user, "rank": rank, "item_id": item, "score": score, "generator": generator}
-            for user, items in found.items()
-            for rank, (item, score, generator) in enumerate(items, start=1)
-        ]
-        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "generator"])
 
 
 @dataclass
@@ -62,6 +42,7 @@ def train_recsys(
     settings: Settings, interactions: pd.DataFrame, items: pd.DataFrame | None, alias: str = CHAMPION
 ) -> RecsysTrainReport:
     import mlflow
+    import mlflow.pyfunc
 
     from pipelines.recsys.rank import RankerParams, train_recommender
 
@@ -95,8 +76,8 @@ def train_recsys(
         mlflow.log_dict({"features": list(recommender.feature_names)}, "features.json")
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=RecommenderModel(),
-            artifacts={"recommender": str(folder)},
+            python_model=str(Path(__file__).with_name("pyfunc_model_code.py")),
+            artifacts={RECOMMENDER_ARTIFACT: str(folder)},
             input_example=pd.DataFrame({"user_id": [str(interactions["user_id"].iloc[0])], "k": [10]}),
             pip_requirements=pinned_requirements(*PYFUNC_PACKAGES),
         )
@@ -137,8 +118,8 @@ def recsys_reference(
     default re-ranking. Columns: `REQUEST_FEATURES` and `score` (the ranker's score of the top item), through the
     same functions the service logs with.
     """
+    from pipelines.recsys.monitoring import REQUEST_FEATURES, request_features, top_score
     from pipelines.recsys.rerank import RerankConfig, rerank
-    from pipelines.recsys.serving import REQUEST_FEATURES, request_features, top_score
 
     frame = data.frame
     times = pd.to_datetime(interactions["timestamp"], utc=True)
@@ -178,7 +159,10 @@ def recsys_reference(
 PYFUNC_PACKAGES = ("mlflow", "xgboost", "scikit-learn", "faiss-cpu", "implicit", "numpy", "scipy", "pandas", "pyarrow")
 
 
-def load_champion_recommender(settings: Settings) -> Any:
-    """The registered pyfunc behind `recsys-ranker@champion`."""
-    connect_mlflow(settings)
-    return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
+def __getattr__(name: str) -> Any:
+    # Versions registered before models-from-code pickled this class path; unpickling them looks it up here.
+    if name == "RecommenderModel":
+        from pipelines.recsys.pyfunc import RecommenderModel
+
+        return RecommenderModel
+    raise AttributeError(name)

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
+from pipelines.fraud.events import PREDICTIONS_TOPIC as FRAUD_PREDICTIONS_TOPIC
 from pipelines.platform.infra import free_port
-from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC, PredictionRecord
+from pipelines.platform.predictions import PredictionRecord
 from tests.conftest import unique
 from tests.service_process import post, scrape_until, serving, traffic_across
 
@@ -25,13 +26,14 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, broker):
+    from pipelines.designs import feature_definitions
     from pipelines.platform.features import apply_feature_definitions
     from pipelines.settings import Settings
     from tests.monitoring.fraud_models import experiment, register_fraud_model
 
     home = tmp_path_factory.mktemp("deploy")
     settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
-    apply_feature_definitions(settings)
+    apply_feature_definitions(settings, feature_definitions())
     exp = experiment(settings)
     register_fraud_model(settings, exp, "champion", seed=1, threshold=0.3)
     register_fraud_model(settings, exp, "challenger", seed=2, threshold=0.3)

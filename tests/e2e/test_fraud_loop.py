@@ -9,11 +9,11 @@ import urllib.request
 import pytest
 from kafka import KafkaConsumer
 
+from pipelines.fraud.events import PREDICTIONS_TOPIC as FRAUD_PREDICTIONS_TOPIC
 from pipelines.fraud.loadgen import payloads_from_frame
+from pipelines.fraud.modeling import XGBParams
 from pipelines.fraud.train import train_fraud
 from pipelines.platform.infra import free_port
-from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC
-from pipelines.platform.training import XGBParams
 from tests.service_process import post, serving
 
 pytestmark = pytest.mark.e2e

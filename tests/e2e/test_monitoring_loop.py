@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.monitoring.scenarios import WorldConfig, run_scenario
+from pipelines.fraud.scenario_specs import WorldConfig
+from pipelines.monitoring.scenarios import run_scenario
 from pipelines.settings import Settings
 
 
 @pytest.mark.e2e
 def test_a_covariate_shift_is_detected_and_answered_by_one_audited_retrain(settings: Settings) -> None:
-    from pipelines.fraud.train import MODEL_NAME
+    from pipelines.fraud.model import MODEL_NAME
     from pipelines.platform.registry import connect_mlflow, history
 
-    world = WorldConfig(seed=11, customers=500, history_days=50)
-    result = run_scenario(settings, "covariate-shift", world, window_size=500)
+    world = WorldConfig(seed=11, size=500, history_days=50)
+    result = run_scenario(settings, "fraud", "covariate-shift", world, window_size=500)
 
     detection = result["detection"]
     assert detection["detected"] and detection["kind"] in ("data_drift", "prediction_drift")

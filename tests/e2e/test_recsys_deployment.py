@@ -16,14 +16,18 @@ import pandas as pd
 import pytest
 
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
+from pipelines.designs import feature_definitions
 from pipelines.platform.deployment import TrafficRouter
 from pipelines.platform.features import apply_feature_definitions, write_feature_rows
 from pipelines.platform.infra import free_port, stack_env
-from pipelines.platform.predictions import RECSYS_PREDICTIONS_TOPIC, PredictionRecord
+from pipelines.platform.predictions import PredictionRecord
+from pipelines.recsys.events import PREDICTIONS_TOPIC as RECSYS_PREDICTIONS_TOPIC
 from pipelines.recsys.features import backfill_features
-from pipelines.recsys.serving import REQUEST_FEATURES, Recommender, RecommendRequest
+from pipelines.recsys.model import MODEL_NAME
+from pipelines.recsys.monitoring import REQUEST_FEATURES
+from pipelines.recsys.serving import Recommender, RecommendRequest
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
-from pipelines.recsys.train import MODEL_NAME, train_recsys
+from pipelines.recsys.train import train_recsys
 from pipelines.settings import Settings
 from tests.service_process import post, scrape_until, serving, traffic_across
 
@@ -48,7 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, broker: str) -> SimpleNamesp
     users, item_rows = backfill_features(interactions, items)
     write_feature_rows(
         settings,
-        apply_feature_definitions(settings),
+        apply_feature_definitions(settings, feature_definitions()),
         [(USER_VIEW, "user_id", users), (ITEM_VIEW, "item_id", item_rows)],
     )
     active = interactions["user_id"].astype(str).drop_duplicates(keep="last").tail(40).tolist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
+from pipelines.designs import feature_definitions
 from pipelines.platform.features import apply_feature_definitions, write_feature_rows
 from pipelines.platform.infra import free_port
 from pipelines.recsys.features import backfill_features
@@ -30,7 +31,7 @@ def service(tmp_path_factory, broker):
     users, item_rows = backfill_features(interactions, items)
     write_feature_rows(
         settings,
-        apply_feature_definitions(settings),
+        apply_feature_definitions(settings, feature_definitions()),
         [(USER_VIEW, "user_id", users), (ITEM_VIEW, "item_id", item_rows)],
     )
     port = free_port()

@@ -21,8 +21,8 @@ from pipelines.fraud.backtest import (
     split_fold,
 )
 from pipelines.fraud.features import epoch_seconds
+from pipelines.fraud.modeling import IMBALANCE_STRATEGIES, XGBParams
 from pipelines.fraud.simulate import config_for_size, simulate_transactions
-from pipelines.platform.training import IMBALANCE_STRATEGIES, XGBParams
 
 pytestmark = pytest.mark.unit
 

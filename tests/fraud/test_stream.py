@@ -10,6 +10,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, FEATURE_SERVICE, TERMINAL_FEATURES, TERMINAL_VIEW
+from pipelines.designs import feature_definitions
 from pipelines.fraud.events import TRANSACTIONS_TOPIC
 from pipelines.fraud.features import backfill_features
 from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_events, replay_transactions, warm_engine
@@ -34,7 +35,7 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
     cut = frame["timestamp"].min() + pd.Timedelta(days=30)
     history, live = frame[frame["timestamp"] < cut], frame[frame["timestamp"] >= cut].head(4000)
 
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
     sink = FraudFeatureSink(settings, store, warm_engine(history, settings.fraud_label_delay_days))
     producer = make_producer(settings)
     replay_transactions(producer, live, rate=0)
@@ -113,7 +114,7 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
 
 
 def test_a_redelivered_batch_does_not_count_twice(settings, small_transactions):
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
     sink = FraudFeatureSink(settings, store, warm_engine(None, settings.fraud_label_delay_days))
     from pipelines.fraud.events import TransactionEvent
     from pipelines.platform.stream import Envelope

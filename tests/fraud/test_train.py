@@ -11,11 +11,14 @@ import pytest
 from mlflow import MlflowClient
 
 from feature_repo.fraud import CUSTOMER_FEATURES
+from pipelines.designs import feature_definitions
 from pipelines.fraud.features import MODEL_FEATURES, backfill_features
-from pipelines.fraud.train import MODEL_NAME, train_fraud, training_frame
+from pipelines.fraud.model import MODEL_NAME
+from pipelines.fraud.modeling import IMBALANCE_STRATEGIES, XGBParams
+from pipelines.fraud.train import train_fraud, training_frame
 from pipelines.platform.features import apply_feature_definitions
-from pipelines.platform.registry import load_alias
-from pipelines.platform.training import IMBALANCE_STRATEGIES, XGBParams
+from pipelines.fraud.model import load_fraud_version
+from pipelines.platform.registry import alias_version
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +41,8 @@ def test_four_strategies_are_compared_and_the_best_becomes_champion(trained):
     assert all(0 < r.average_precision <= 1 and 0.5 < r.roc_auc <= 1 for r in report.strategies)
     assert report.train_rows + report.valid_rows < report.rows  # the label-delay gap is left out
 
-    champion = load_alias(MODEL_NAME)
-    assert champion.version == report.model_version
+    assert alias_version(MODEL_NAME, "champion") == report.model_version
+    champion = load_fraud_version(report.model_version)
     assert champion.tags["strategy"] == report.best_strategy
     assert json.loads(champion.tags["features"]) == MODEL_FEATURES
     assert float(champion.tags["threshold"]) == pytest.approx(report.threshold, abs=1e-6)
@@ -70,7 +73,7 @@ def test_every_run_is_logged_with_metrics_plots_features_and_reference(trained):
 
 def test_the_training_set_uses_only_rows_stored_before_each_transaction(trained, small_transactions):
     settings, _ = trained
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
     head = small_transactions.head(3000)
     frame = training_frame(store, head)
     customers, _ = backfill_features(small_transactions, settings.fraud_label_delay_days)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.fraud.features import MODEL_FEATURES
-from pipelines.fraud.train import MODEL_NAME
+from pipelines.fraud.model import MODEL_NAME
 from pipelines.settings import Settings
 
 

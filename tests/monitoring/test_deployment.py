@@ -16,15 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.fraud.canary import canary_report
+from pipelines.fraud.events import PREDICTIONS_TOPIC as FRAUD_PREDICTIONS_TOPIC
 from pipelines.fraud.events import LabelEvent
-from pipelines.monitoring.deployment_report import (
-    average_precision,
-    canary_report,
-    recsys_canary_report,
-    shadow_report,
-    two_proportion_test,
-    wilson_interval,
-)
 from pipelines.platform.deployment import (
     CANARY,
     CHAMPION_ONLY,
@@ -38,7 +32,9 @@ from pipelines.platform.deployment import (
     ShadowRunner,
     TrafficRouter,
 )
-from pipelines.platform.predictions import FRAUD_PREDICTIONS_TOPIC, PredictionRecord
+from pipelines.platform.experiments import average_precision, shadow_report, two_proportion_test, wilson_interval
+from pipelines.platform.predictions import PredictionRecord
+from pipelines.recsys.canary import recsys_canary_report
 from pipelines.settings import Settings
 from tests.conftest import unique
 
@@ -538,12 +534,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory, broker: str) -> SimpleNam
 
     Each test points the aliases where it needs them first, so the order of the tests does not matter.
     """
+    from pipelines.designs import feature_definitions
     from pipelines.platform.features import apply_feature_definitions
     from tests.monitoring.fraud_models import experiment, register_fraud_model
 
     home = tmp_path_factory.mktemp("deployment")
     settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
-    apply_feature_definitions(settings)
+    apply_feature_definitions(settings, feature_definitions())
     exp = experiment(settings)
     versions = (
         register_fraud_model(settings, exp, "champion", seed=1, threshold=0.3),
@@ -614,9 +611,8 @@ def read_predictions(settings: Settings, request_ids: set[str], expected: int) -
 @pytest.mark.integration
 def test_fraud_scorer_shadow_never_changes_responses_and_logs_both_predictions(registry: SimpleNamespace) -> None:
     from pipelines.fraud.events import TransactionEvent
+    from pipelines.fraud.model import MODEL_NAME, load_fraud_version
     from pipelines.fraud.scoring import FraudModel, FraudScorer
-    from pipelines.fraud.train import MODEL_NAME
-    from pipelines.platform.registry import load_alias
     from tests.monitoring.fraud_models import move_alias
 
     settings = registry.settings.model_copy(update={"serving_mode": "shadow"})
@@ -640,10 +636,10 @@ def test_fraud_scorer_shadow_never_changes_responses_and_logs_both_predictions(r
         assert scorer.deployment.shadow.ran == 0
 
         # A challenger that fails at predict time anyway (here: v2 put in the slot without the loader's check).
-        broken = load_alias(MODEL_NAME, "challenger")
+        broken = load_fraud_version("2")
         champion_rules = scorer.champion.model.rules
         scorer.deployment.slots.swap(
-            "challenger", ServingModel(MODEL_NAME, "2", FraudModel(broken.model.get_booster(), champion_rules))
+            "challenger", ServingModel(MODEL_NAME, "2", FraudModel(broken.booster, champion_rules))
         )
         broken_shadow = [scorer.score(t) for t in transactions]
         assert scorer.deployment.shadow.errors == len(transactions)
@@ -764,8 +760,8 @@ def test_deploy_reports_read_the_prediction_log_to_its_end(
     assert "canary report" in canary.output
 
     # The recommendation log: lists compared in the shadow report, later interactions as the canary's outcomes.
-    from pipelines.platform.predictions import RECSYS_PREDICTIONS_TOPIC
     from pipelines.recsys.events import INTERACTIONS_TOPIC, InteractionEvent
+    from pipelines.recsys.events import PREDICTIONS_TOPIC as RECSYS_PREDICTIONS_TOPIC
 
     producer = make_producer(kafka_settings)
     for i, request in enumerate(mine):

@@ -17,23 +17,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.monitoring.gate import (
-    FRAUD_MODEL,
-    RECSYS_MODEL,
-    GateError,
-    check_metric,
-    resolve_model,
-    run_gate,
-)
+from pipelines.designs import feature_definitions
+from pipelines.fraud.model import MODEL_NAME as FRAUD_MODEL
+from pipelines.fraud.model import load_fraud_version
+from pipelines.monitoring.gate import check_metric, run_gate
+from pipelines.platform.design import GateError
+from pipelines.platform.errors import InvalidInput
 from pipelines.platform.registry import (
     CHALLENGER,
     CHAMPION,
     alias_version,
     connect_mlflow,
     history,
-    load_alias,
     register_version,
 )
+from pipelines.recsys.model import MODEL_NAME as RECSYS_MODEL
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -65,9 +63,9 @@ def fraud(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataF
     import mlflow.xgboost
 
     from pipelines.fraud.features import MODEL_FEATURES, model_matrix
+    from pipelines.fraud.modeling import XGBParams, fit_classifier
     from pipelines.fraud.train import train_fraud, training_frame
     from pipelines.platform.features import apply_feature_definitions
-    from pipelines.platform.training import XGBParams, fit_classifier
 
     settings = module_settings(tmp_path_factory, "gate-fraud")
     report = train_fraud(
@@ -75,7 +73,7 @@ def fraud(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataF
     )
     times = pd.to_datetime(small_transactions["timestamp"], utc=True)
     early = small_transactions[(times < times.min() + pd.Timedelta(days=15)).to_numpy()]
-    frame = training_frame(apply_feature_definitions(settings), early)
+    frame = training_frame(apply_feature_definitions(settings, feature_definitions()), early)
     weak = fit_classifier(
         model_matrix(frame),
         frame["is_fraud"].to_numpy(dtype=int),
@@ -94,18 +92,20 @@ def expected_fraud_metrics(settings: Settings, transactions: pd.DataFrame) -> di
     """Both models on the last 7 fully labelled days, with features read from the store training filled."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from pipelines.fraud.features import MODEL_FEATURES, model_matrix
+    from pipelines.fraud.features import model_matrix
     from pipelines.fraud.train import training_frame
     from pipelines.platform.features import apply_feature_definitions
 
     times = pd.to_datetime(transactions["timestamp"], utc=True)
     final = times.max() - pd.Timedelta(days=settings.fraud_label_delay_days)
     rows = transactions[((times > final - pd.Timedelta(days=7)) & (times <= final)).to_numpy()]
-    frame = training_frame(apply_feature_definitions(settings), rows)
+    frame = training_frame(apply_feature_definitions(settings, feature_definitions()), rows)
     labels = frame["is_fraud"].to_numpy(dtype=int)
     out = {"rows": {"count": float(len(rows))}}
     for alias in (CHAMPION, CHALLENGER):
-        scores = load_alias(FRAUD_MODEL, alias).model.predict_proba(model_matrix(frame)[MODEL_FEATURES])[:, 1]
+        version = alias_version(FRAUD_MODEL, alias)
+        assert version is not None
+        scores = load_fraud_version(version).scores(model_matrix(frame))
         out[alias] = {
             "average_precision": float(average_precision_score(labels, scores)),
             "roc_auc": float(roc_auc_score(labels, scores)),
@@ -198,10 +198,10 @@ def recsys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two rankers fit on interactions before the holdout: a small champion and a fuller challenger."""
     import mlflow.pyfunc
 
+    from pipelines.recsys.pyfunc import RecommenderModel
     from pipelines.recsys.rank import RankerParams, train_recommender
     from pipelines.recsys.simulate import config_for_size, simulate_interactions
     from pipelines.recsys.splits import split_interactions
-    from pipelines.recsys.train import RecommenderModel
 
     settings = module_settings(tmp_path_factory, "gate-recsys")
     connect_mlflow(settings)
@@ -270,13 +270,13 @@ def test_the_gate_warns_when_the_holdout_overlaps_a_models_training_data(recsys:
 
 def test_gate_inputs_are_checked_in_one_sentence(recsys: dict[str, Any]) -> None:
     settings, interactions = recsys["settings"], recsys["interactions"]
-    assert resolve_model("recsys") == RECSYS_MODEL and resolve_model("fraud") == FRAUD_MODEL
     assert check_metric(FRAUD_MODEL, "card_precision_at_k") == "card_precision_at_100"
+    assert check_metric("recsys", None) == "ndcg@10"
     with pytest.raises(GateError, match="'ndcg@10' is not a fraud gate metric"):
         check_metric(FRAUD_MODEL, "ndcg@10")
     with pytest.raises(GateError, match="'auc' is not a recommendation gate metric"):
         run_gate(settings, "recsys", interactions, metric="auc")
     with pytest.raises(GateError, match="--holdout-frac must lie strictly between 0 and 1"):
         run_gate(settings, "recsys", interactions, holdout_frac=1.5)
-    with pytest.raises(GateError, match="not a model with a promotion gate"):
-        resolve_model("churn")
+    with pytest.raises(InvalidInput, match="'churn' is not a design or a registered model of one"):
+        run_gate(settings, "churn", interactions)

@@ -19,17 +19,13 @@ import pandas as pd
 import pytest
 
 from pipelines.fraud.events import LABELS_TOPIC, LabelEvent
-from pipelines.monitoring.monitor import (
-    WindowResult,
-    evaluate_window,
-    fraud_spec,
-    judge_performance,
-    records_frame,
-    recsys_spec,
-    run_monitor,
-)
-from pipelines.platform.predictions import ALERTS_TOPIC, FRAUD_PREDICTIONS_TOPIC, PredictionRecord
+from pipelines.fraud.events import PREDICTIONS_TOPIC as FRAUD_PREDICTIONS_TOPIC
+from pipelines.fraud.monitoring import fraud_spec
+from pipelines.monitoring.monitor import run_monitor
+from pipelines.monitoring.window import WindowResult, evaluate_window, judge_performance, records_frame
+from pipelines.platform.predictions import ALERTS_TOPIC, PredictionRecord
 from pipelines.platform.stream import encode, make_producer
+from pipelines.recsys.monitoring import recsys_spec
 from pipelines.settings import Settings
 from tests.conftest import unique
 
@@ -48,10 +44,10 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> World:
+    from pipelines.fraud import modeling
     from pipelines.fraud.backtest import point_in_time_frame
     from pipelines.fraud.features import MODEL_FEATURES, model_matrix
     from pipelines.fraud.simulate import config_for_size, simulate_transactions
-    from pipelines.platform import training
 
     # 60 days so that the 30-day windows (plus the 7-day label delay) are warm before the reference starts.
     config = config_for_size(60_000, days=60, seed=11)
@@ -64,8 +60,8 @@ def world() -> World:
     features = model_matrix(frame)
     day = ((pd.to_datetime(frame["timestamp"], utc=True) - day0) // pd.Timedelta(days=1)).to_numpy()
     labels = frame["is_fraud"].to_numpy(dtype=int)
-    model = training.fit_classifier(
-        features[day < 36], labels[day < 36], "class_weight", training.XGBParams(n_estimators=40, max_depth=4), 0.1, 7
+    model = modeling.fit_classifier(
+        features[day < 36], labels[day < 36], "class_weight", modeling.XGBParams(n_estimators=40, max_depth=4), 0.1, 7
     )
     scored = features.assign(score=model.predict_proba(features)[:, 1])
     reference = scored.assign(label=labels)[(day >= 40) & (day < 47)].reset_index(drop=True)
@@ -167,7 +163,7 @@ def register_with_reference(settings: Settings, world: World, tmp_path: Path) ->
     import mlflow.xgboost
     from mlflow import MlflowClient
 
-    from pipelines.fraud.train import MODEL_NAME
+    from pipelines.fraud.model import MODEL_NAME
     from pipelines.platform.registry import connect_mlflow
 
     connect_mlflow(settings)
@@ -215,8 +211,7 @@ def chargeback(row: pd.Series) -> LabelEvent:
 
 def read_alerts(settings: Settings, since: datetime) -> list[dict[str, Any]]:
     """Every alert published since `since` (read until a poll comes back empty)."""
-    from pipelines.monitoring.monitor import place_consumer
-    from pipelines.platform.stream import make_consumer
+    from pipelines.platform.stream import make_consumer, place_consumer
 
     consumer = make_consumer(settings, [ALERTS_TOPIC], unique("alerts-reader"))
     place_consumer(consumer, [ALERTS_TOPIC], True, since)
@@ -358,8 +353,8 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
 
 @pytest.mark.integration
 def test_recsys_windows_are_judged_on_later_interactions_against_the_first_window(kafka_settings: Settings) -> None:
-    from pipelines.platform.predictions import RECSYS_PREDICTIONS_TOPIC
     from pipelines.recsys.events import INTERACTIONS_TOPIC, InteractionEvent
+    from pipelines.recsys.events import PREDICTIONS_TOPIC as RECSYS_PREDICTIONS_TOPIC
 
     settings = kafka_settings.model_copy(update={"monitor_performance_windows": 1})
     rng = np.random.default_rng(3)
@@ -449,8 +444,9 @@ def test_cli_mistakes_end_in_one_sentence(
     from pipelines.platform.infra import free_port
 
     home = {"MLSD_HOME": str(tmp_path)}
-    assert run_cli(monkeypatch, home, "--window-size", "1") == 1
-    assert " ".join(capsys.readouterr().err.split()) == "error: --window-size must be at least 2 records, got 1."
+    assert run_cli(monkeypatch, home, "--window-size", "1") == 2  # a usage error, refused before anything runs
+    usage = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "Invalid value for '--window-size': Input should be greater than or equal to 2" in usage
     nobody = {**home, "MLSD_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
     assert run_cli(monkeypatch, nobody, "--idle-timeout", "1") == 1
     message = " ".join(capsys.readouterr().err.split())
@@ -462,7 +458,8 @@ def test_cli_prints_a_table_and_stops_after_max_windows(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], world: World, tmp_path: Path
 ) -> None:
     """The command on a broker of its own (its log holds only this test's records), with --max-windows."""
-    from pipelines.platform.infra import all_topics, free_port, start_broker, stop_process
+    from pipelines.designs import all_topics
+    from pipelines.platform.infra import free_port, start_broker, stop_process
 
     port = free_port()
     settings = Settings(

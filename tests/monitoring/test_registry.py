@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.monitoring.gate import FRAUD_MODEL, GateError, GateResult, Holdout, decide, explain, promote
+from pipelines.fraud.model import MODEL_NAME as FRAUD_MODEL
+from pipelines.monitoring.gate import GateResult, decide, explain, promote
+from pipelines.platform.design import GateError, Holdout
 from pipelines.platform.registry import (
     AUDIT_EXPERIMENT,
     CHALLENGER,

@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 
+from pipelines.platform.errors import ServiceUnavailable
 from pipelines.platform.infra import (
     PortInUse,
     free_port,
@@ -19,7 +20,6 @@ from pipelines.platform.infra import (
     stop_process,
     wait_for_log,
 )
-from pipelines.platform.stream import ServiceUnavailable
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
-from pipelines.platform.infra import PortInUse, free_port
+from pipelines.platform.errors import PortInUse
+from pipelines.platform.infra import free_port
 from pipelines.platform.metrics import MetricsServer, StreamMetrics, start_metrics_server
 from pipelines.platform.stream import DLQ_SUFFIX, ensure_topics, make_consumer, make_producer, run_micro_batches
 from tests.conftest import unique

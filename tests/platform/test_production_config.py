@@ -3,7 +3,7 @@
 docker-compose.yml points Feast at Redis (online store) and at PostgreSQL (SQL registry), and MLflow at the same
 PostgreSQL database (backend store), all through its x-common-env block. These tests take that block from the
 file, swap the container host names for the local servers and a throw-away database, and run the real code paths:
-`apply_feature_definitions`, `push_online`, `read_online`, `register_version` and `load_alias`.
+`apply_feature_definitions`, `push_online`, `read_online`, `register_version` and the registry's loading helpers.
 """
 
 from __future__ import annotations
@@ -135,11 +135,12 @@ def test_feast_pushes_to_redis_and_keeps_its_registry_in_postgres(
 ) -> None:
     import redis
 
+    from pipelines.designs import feature_definitions
     from pipelines.platform.features import apply_feature_definitions, open_feature_store, push_online, read_online
 
     settings = compose_settings(tmp_path, database)
     assert settings.feast_online_store == "redis"
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
 
     # The registry lives in PostgreSQL: a second store (another container) sees the definitions, and no registry
     # file was written under MLSD_HOME.
@@ -217,7 +218,14 @@ def test_mlflow_registers_and_loads_the_champion_from_postgres(
     import psycopg2
     import xgboost
 
-    from pipelines.platform.registry import CHAMPION, connect_mlflow, load_alias, register_version
+    from pipelines.platform.registry import (
+        CHAMPION,
+        connect_mlflow,
+        download_version,
+        register_version,
+        require_alias,
+        version_tags,
+    )
 
     settings = mlflow_on_postgres
     assert settings.backend_store_uri.startswith("postgresql+psycopg2://")
@@ -236,14 +244,16 @@ def test_mlflow_registers_and_loads_the_champion_from_postgres(
 
     name = f"fraud-xgboost-test-{uuid.uuid4().hex[:8]}"
     first = register_version(info.model_uri, name, CHAMPION, tags={"threshold": "0.42"})
-    loaded = load_alias(name)
-    assert (loaded.name, loaded.version, loaded.tags["threshold"]) == (name, first, "0.42")
-    np.testing.assert_allclose(loaded.model.predict_proba(features), model.predict_proba(features), rtol=1e-6)
+    assert require_alias(name, CHAMPION, "a test") == first
+    assert version_tags(name, first)["threshold"] == "0.42"
+    booster = xgboost.Booster()
+    booster.load_model(str(next(download_version(name, first).glob("model.*"))))  # XGBoost's file, no pickle
+    np.testing.assert_allclose(booster.inplace_predict(features), model.predict_proba(features)[:, 1], rtol=1e-6)
 
     # Registering again moves the alias: the champion is whatever version it points at now.
     second = register_version(info.model_uri, name, CHAMPION)
     assert (first, second) == ("1", "2")
-    assert load_alias(name).version == second
+    assert require_alias(name, CHAMPION, "a test") == second
 
     # The registry is the PostgreSQL database of the compose settings.
     with psycopg2.connect(**{**POSTGRES_ADMIN, "dbname": database}) as connection, connection.cursor() as cursor:

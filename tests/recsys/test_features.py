@@ -89,13 +89,14 @@ def test_micro_batches_give_exactly_the_backfill_rows():
 
 @pytest.mark.integration
 def test_list_features_round_trip_through_the_online_store(settings):
+    from pipelines.designs import feature_definitions
     from pipelines.platform.features import apply_feature_definitions, read_online, write_online_fast
 
     interactions, items = simulated(500)
     users, item_rows = backfill_features(interactions, items)
     newest_users = users.drop_duplicates("user_id", keep="last")
     newest_items = item_rows.drop_duplicates("item_id", keep="last")
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
     write_online_fast(store, USER_VIEW, "user_id", newest_users)
     write_online_fast(store, ITEM_VIEW, "item_id", newest_items)
     sample = newest_users.head(20).reset_index(drop=True)

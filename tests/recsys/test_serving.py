@@ -16,13 +16,15 @@ import pandas as pd
 import pytest
 
 from feature_repo.recsys import ITEM_FEATURES, ITEM_PUSH, ITEM_VIEW, USER_FEATURES, USER_VIEW
+from pipelines.designs import feature_definitions
 from pipelines.platform.features import (
     OnlineRows,
     apply_feature_definitions,
     push_online,
     write_online_fast,
 )
-from pipelines.recsys.serving import REQUEST_FEATURES, ItemFeatureTable, request_features, top_score
+from pipelines.recsys.monitoring import REQUEST_FEATURES, request_features, top_score
+from pipelines.recsys.serving import ItemFeatureTable
 from pipelines.settings import Settings
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -77,7 +79,7 @@ def store_and_token(request: pytest.FixtureRequest, settings: Settings) -> Itera
         if not redis_running():
             pytest.skip("Redis is not reachable at 127.0.0.1:6379; start it to run this test")
         settings = settings.model_copy(update={"feast_online_store": "redis", "feast_redis_url": "127.0.0.1:6379"})
-    yield apply_feature_definitions(settings), token
+    yield apply_feature_definitions(settings, feature_definitions()), token
     if request.param == "redis":
         import redis
 
@@ -128,7 +130,7 @@ def test_fast_online_reads_return_what_get_online_features_returns(store_and_tok
 
 @pytest.mark.integration
 def test_the_item_table_rereads_only_the_rows_written_since_its_last_refresh(settings: Settings) -> None:
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
     items = [f"I{i}" for i in range(50)]
     write_online_fast(store, ITEM_VIEW, "item_id", item_rows(items, events=1), written_at=NOW - timedelta(seconds=100))
     write_online_fast(
@@ -159,7 +161,7 @@ def test_the_item_table_rereads_only_the_rows_written_since_its_last_refresh(set
 
 @pytest.mark.integration
 def test_rows_stamped_within_the_writers_clock_slack_are_read_again(settings: Settings) -> None:
-    store = apply_feature_definitions(settings)
+    store = apply_feature_definitions(settings, feature_definitions())
     rows = OnlineRows(store, ITEM_VIEW, "item_id", ITEM_FEATURES)
     write_online_fast(store, ITEM_VIEW, "item_id", item_rows(["I1", "I2"], events=1))  # stamped now
     mark = rows.mark()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from feature_repo.recsys import FEATURE_SERVICE, ITEM_VIEW, USER_VIEW
+from pipelines.designs import feature_definitions
 from pipelines.platform.features import apply_feature_definitions, latest_per_entity, read_offline, read_online
 from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
 from pipelines.recsys.events import INTERACTIONS_TOPIC
@@ -29,7 +30,7 @@ def test_items_are_announced_before_their_first_interaction():
 
 def test_streamed_user_and_item_features_equal_the_backfill(kafka_settings):
     interactions, items = simulated(3000)
-    store = apply_feature_definitions(kafka_settings)
+    store = apply_feature_definitions(kafka_settings, feature_definitions())
     sink = RecsysFeatureSink(kafka_settings, store, RecsysFeatureEngine())
     skip_earlier_events(kafka_settings, group := unique("recsys-features"))  # other tests share these topics
     producer = make_producer(kafka_settings)
@@ -79,7 +80,7 @@ def test_the_processor_started_with_history_seeds_the_online_store(kafka_setting
 
     users, _ = backfill_features(interactions, items)
     expected = latest_per_entity(users, "user_id").set_index("user_id").tail(20)
-    store = apply_feature_definitions(kafka_settings)
+    store = apply_feature_definitions(kafka_settings, feature_definitions())
     online = read_online(store, FEATURE_SERVICE, [{"user_id": u, "item_id": "I1"} for u in expected.index])
     assert online["user_events_30d"].tolist() == expected["user_events_30d"].tolist()
     assert [list(v) for v in online["user_recent_items"]] == [list(v) for v in expected["user_recent_items"]]

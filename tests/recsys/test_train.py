@@ -1,11 +1,13 @@
-"""Recommendation training registers a pyfunc in the real MLflow registry that recommends after loading."""
+"""Recommendation training registers a version in the real MLflow registry that recommends after loading: as the
+services load it (files read, no code run) and as an MLflow pyfunc (logged as code, no pickle stored)."""
 
 from __future__ import annotations
 
 import pytest
 
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
-from pipelines.recsys.train import MODEL_NAME, load_champion_recommender, train_recsys
+from pipelines.recsys.model import MODEL_NAME, load_recommender
+from pipelines.recsys.train import train_recsys
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +19,14 @@ def test_the_champion_recommends_for_known_and_unknown_users(settings):
     interactions, items = simulate_interactions(config_for_size(30_000, seed=6))
     report = train_recsys(settings, interactions, items)
     assert str(MlflowClient().get_model_version_by_alias(MODEL_NAME, "champion").version) == report.model_version
-    model = load_champion_recommender(settings)
+    import mlflow.pyfunc
+
+    from pipelines.platform.registry import download_version
+
+    assert not list(download_version(MODEL_NAME, report.model_version).rglob("*.pkl"))  # nothing pickled
+    recommender, tags = load_recommender(report.model_version)
+    assert "train_data_end" in tags
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     known = str(interactions["user_id"].iloc[-1])
     out = model.predict(pd.DataFrame({"user_id": [known, "nobody"], "k": [5, 5]}))
     assert set(out["user_id"]) == {known, "nobody"}
@@ -25,3 +34,6 @@ def test_the_champion_recommends_for_known_and_unknown_users(settings):
     assert not out.duplicated(["user_id", "item_id"]).any()
     seen = set(interactions.loc[interactions["user_id"] == known, "item_id"])
     assert not seen & set(out.loc[out["user_id"] == known, "item_id"])
+    # The files the services read give the pyfunc's lists.
+    direct = [item for item, _, _ in recommender.recommend([known], 5)[known]]
+    assert direct == out[out["user_id"] == known].sort_values("rank")["item_id"].tolist()

@@ -1,21 +1,15 @@
-"""Reading the prediction log of a shadow or canary deployment: does the challenger behave, and is it better?
+"""Reading the prediction log of a shadow or canary deployment: the statistics every design's report shares.
 
 `shadow_report` pairs each served prediction with the challenger's shadow prediction of the same request: how
 often they decide alike, how far their scores are apart, how fast each model was. It needs no labels, so it is
-the first check after a challenger is registered.
+the first check after a challenger is registered. For lists (records with `items`) it compares the two lists of
+each request: how often they start with the same item and how much of the served list the shadow list shares.
 
-For recommendations it also compares the two lists of each request: how often they start with the same item
-and how much of the served list the shadow list shares.
-
-`canary_report` compares the outcomes of the requests each variant *served*, once the delayed labels are in:
-fraud-catch rate, precision of declines and average precision per variant, each with a 95 % interval, and
-challenger − champion differences with a two-proportion z-test (rates) or a bootstrap (AP). Canary routing is
-by customer, so a customer's transactions stay on one variant; the tests treat transactions as independent,
-which makes the intervals a little narrow when a few customers make many transactions.
-
-`recsys_canary_report` does the same for recommendations, with the user's later interactions as the labels: hit
-rate (the user took one of the k items within the horizon) with Wilson intervals and the z-test, and nDCG@k with a
-bootstrap interval (routing is by user, with the same caveat).
+A canary compares the outcomes of the requests each variant *served*, once the delayed labels are in; what an
+outcome is belongs to the design (pipelines/<design>/canary.py), the statistics are here: Wilson intervals for
+rates, the two-proportion z-test for their difference, bootstrap intervals for ranking metrics, and the verdict
+sentence. Routing is by a key (customer, user), so a key's requests stay on one variant; the tests treat requests
+as independent, which makes the intervals a little narrow when a few keys make many requests.
 """
 
 from __future__ import annotations
@@ -23,17 +17,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from pipelines.fraud.events import LabelEvent
 from pipelines.platform.predictions import PredictionRecord
 
 Z95 = 1.959963984540054
-FLAGGED = frozenset({"review", "decline"})
 
 
 def _model(record: PredictionRecord) -> str:
@@ -49,7 +39,7 @@ def _latency(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def _unique(records: Iterable[PredictionRecord]) -> list[PredictionRecord]:
+def unique_records(records: Iterable[PredictionRecord]) -> list[PredictionRecord]:
     """Drop redelivered records (the log is at-least-once): one per request and served flag."""
     seen: dict[tuple[str, bool], PredictionRecord] = {}
     for record in records:
@@ -62,7 +52,7 @@ def _unique(records: Iterable[PredictionRecord]) -> list[PredictionRecord]:
 
 def shadow_report(records: Iterable[PredictionRecord]) -> dict[str, Any]:
     """Served vs shadow predictions of the same requests: agreement, score differences, latency per model."""
-    unique = _unique(records)
+    unique = unique_records(records)
     served = {r.request_id: r for r in unique if r.served}
     shadow = {r.request_id: r for r in unique if not r.served}
     pairs = [(served[request], shadow[request]) for request in served if request in shadow]
@@ -198,89 +188,11 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(recall_steps * true_pos / predicted))
 
 
-def _bootstrap_ap(labels: np.ndarray, scores: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-    values = np.empty(n_boot)
-    for i in range(n_boot):
-        take = rng.integers(0, labels.size, labels.size)
-        values[i] = average_precision(labels[take], scores[take])
-    return values
-
-
-def _variant_outcomes(records: list[PredictionRecord], frauds: set[str]) -> dict[str, Any]:
-    labels = np.array([r.entity_id in frauds for r in records], dtype=int)
-    scores = np.array([r.score for r in records], dtype=float)
-    flagged = np.array([r.decision in FLAGGED for r in records], dtype=bool)
-    declined = np.array([r.decision == "decline" for r in records], dtype=bool)
-    n_fraud = int(labels.sum())
-    caught = int((flagged & (labels == 1)).sum())
-    n_declined = int(declined.sum())
-    declined_fraud = int((declined & (labels == 1)).sum())
-    return {
-        "predictions": len(records),
-        "frauds": n_fraud,
-        "versions": dict(Counter(r.model_version for r in records)),
-        "caught": caught,
-        "catch_rate": caught / n_fraud if n_fraud else None,
-        "catch_rate_ci": wilson_interval(caught, n_fraud),
-        "declines": n_declined,
-        "declined_frauds": declined_fraud,
-        "decline_precision": declined_fraud / n_declined if n_declined else None,
-        "decline_precision_ci": wilson_interval(declined_fraud, n_declined),
-        "average_precision": None if np.isnan(ap := average_precision(labels, scores)) else ap,
-        "_arrays": (labels, scores),
-    }
-
-
 def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def canary_report(
-    records: Iterable[PredictionRecord],
-    labels: Iterable[LabelEvent],
-    mature_before: datetime | None = None,
-    n_boot: int = 500,
-    seed: int = 7,
-) -> dict[str, Any]:
-    """Outcomes of the served predictions per variant on the labels that arrived, champion vs challenger.
-
-    A transaction without a chargeback counts as genuine; `mature_before` keeps only transactions older than the
-    label delay, whose chargeback would have arrived by now (newer ones would count late fraud as genuine).
-    """
-    frauds = {label.transaction_id for label in labels if label.is_fraud == 1}
-    served = [r for r in _unique(records) if r.served and (mature_before is None or r.timestamp < mature_before)]
-    by_variant = {variant: [r for r in served if r.variant == variant] for variant in ("champion", "challenger")}
-    outcomes = {variant: _variant_outcomes(rows, frauds) for variant, rows in by_variant.items()}
-    rng = np.random.default_rng(seed)
-    boots: dict[str, np.ndarray] = {}
-    for variant, outcome in outcomes.items():
-        labels_array, scores = outcome.pop("_arrays")
-        boots[variant] = _bootstrap_ap(labels_array, scores, rng, n_boot) if labels_array.size else np.array([])
-        outcome["average_precision_ci"] = _percentile_interval(boots[variant])
-    champion, challenger = outcomes["champion"], outcomes["challenger"]
-    comparison = {
-        "catch_rate": two_proportion_test(
-            champion["caught"], champion["frauds"], challenger["caught"], challenger["frauds"]
-        ),
-        "decline_precision": two_proportion_test(
-            champion["declined_frauds"], champion["declines"], challenger["declined_frauds"], challenger["declines"]
-        ),
-        "average_precision": _bootstrap_difference(
-            champion["average_precision"], challenger["average_precision"], boots
-        ),
-    }
-    report: dict[str, Any] = {
-        "labelled_predictions": len(served),
-        "frauds_known": len(frauds),
-        "mature_before": mature_before.isoformat() if mature_before else None,
-        "variants": outcomes,
-        "challenger_minus_champion": comparison,
-    }
-    report["verdict"] = canary_verdict(outcomes, comparison)
-    return report
-
-
-def _bootstrap_difference(
+def bootstrap_difference(
     champion: float | None, challenger: float | None, boots: dict[str, np.ndarray]
 ) -> dict[str, float | None]:
     """challenger − champion of a metric with the 95 % interval of the bootstrapped differences."""
@@ -299,7 +211,7 @@ def _bootstrap_difference(
     }
 
 
-def _percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
+def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
     finite = _finite(values)
     return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else None
 
@@ -309,109 +221,11 @@ def _significant(test: dict[str, float | None]) -> bool:
     return low is not None and high is not None and (low > 0 or high < 0)
 
 
-def canary_verdict(outcomes: dict[str, dict[str, Any]], comparison: dict[str, dict[str, float | None]]) -> str:
-    champion, challenger = outcomes["champion"], outcomes["challenger"]
-    if not challenger["predictions"]:
-        return "No labelled predictions served by the challenger yet: nothing to compare."
-    if not champion["predictions"]:
-        return "No labelled predictions served by the champion: nothing to compare against."
-    if not challenger["frauds"] or not champion["frauds"]:
-        return (
-            f"No known fraud among the challenger's {challenger['predictions']:,} or the champion's "
-            f"{champion['predictions']:,} labelled predictions yet: wait for more chargebacks."
-        )
-
-    parts, conclusion = _compared(
-        comparison,
-        ("catch_rate", "catch rate", 100, " pp"),
-        ("decline_precision", "decline precision", 100, " pp"),
-        ("average_precision", "AP", 1, ""),
-    )
-    return (
-        f"Challenger {_versions(challenger)} vs champion {_versions(champion)} on {challenger['predictions']:,} vs "
-        f"{champion['predictions']:,} labelled predictions ({challenger['frauds']:,} vs {champion['frauds']:,} "
-        f"frauds): {', '.join(parts)} — {conclusion}."
-    )
-
-
-# ---------------------------------------------------------------- canary, recommendations
-
-
-def recsys_canary_report(
-    records: Iterable[PredictionRecord],
-    interactions: pd.DataFrame,
-    horizon: timedelta,
-    k: int = 10,
-    n_boot: int = 500,
-    seed: int = 7,
-) -> dict[str, Any]:
-    """Outcomes of the lists each variant served, judged on the user's interactions within `horizon` after.
-
-    Only requests older than the newest interaction minus the horizon count: for newer ones the user's answer may
-    still be on its way (they would count as misses).
-    """
-    from pipelines.monitoring.monitor import recsys_hits
-    from pipelines.platform.ranking import ndcg_at_k
-
-    newest = pd.Timestamp(interactions["timestamp"].max()) if len(interactions) else None
-    served = [r for r in _unique(records) if r.served and newest is not None and r.timestamp + horizon <= newest]
-    rng = np.random.default_rng(seed)
-    outcomes: dict[str, dict[str, Any]] = {}
-    boots: dict[str, np.ndarray] = {}
-    for variant in ("champion", "challenger"):
-        rows = [r for r in served if r.variant == variant]
-        frame = pd.DataFrame({"entity_id": [r.entity_id for r in rows], "timestamp": [r.timestamp for r in rows]})
-        taken = recsys_hits(frame, interactions, pd.Timedelta(horizon))
-        hit = np.array([bool(set(r.items[:k]) & h) for r, h in zip(rows, taken, strict=True)], dtype=bool)
-        ndcg = np.array([ndcg_at_k(r.items, h, k) for r, h in zip(rows, taken, strict=True)], dtype=float)
-        boots[variant] = (
-            np.array([ndcg[rng.integers(0, ndcg.size, ndcg.size)].mean() for _ in range(n_boot)])
-            if ndcg.size
-            else np.array([])
-        )
-        outcomes[variant] = {
-            "predictions": len(rows),
-            "versions": dict(Counter(r.model_version for r in rows)),
-            "hits": int(hit.sum()),
-            "hit_rate": float(hit.mean()) if hit.size else None,
-            "hit_rate_ci": wilson_interval(int(hit.sum()), int(hit.size)),
-            f"ndcg_at_{k}": float(ndcg.mean()) if ndcg.size else None,
-            f"ndcg_at_{k}_ci": _percentile_interval(boots[variant]),
-        }
-    champion, challenger = outcomes["champion"], outcomes["challenger"]
-    comparison = {
-        "hit_rate": two_proportion_test(
-            champion["hits"], champion["predictions"], challenger["hits"], challenger["predictions"]
-        ),
-        f"ndcg_at_{k}": _bootstrap_difference(champion[f"ndcg_at_{k}"], challenger[f"ndcg_at_{k}"], boots),
-    }
-    report: dict[str, Any] = {
-        "labelled_predictions": len(served),
-        "horizon_hours": horizon.total_seconds() / 3600,
-        "k": k,
-        "mature_before": (newest - horizon).isoformat() if newest is not None else None,
-        "variants": outcomes,
-        "challenger_minus_champion": comparison,
-    }
-    if not challenger["predictions"] or not champion["predictions"]:
-        missing = "challenger" if not challenger["predictions"] else "champion"
-        report["verdict"] = f"No recommendation served by the {missing} has a known outcome yet: nothing to compare."
-        return report
-    parts, conclusion = _compared(
-        comparison, ("hit_rate", "hit rate", 100, " pp"), (f"ndcg_at_{k}", f"nDCG@{k}", 1, "")
-    )
-    report["verdict"] = (
-        f"Challenger {_versions(challenger)} vs champion {_versions(champion)} on {challenger['predictions']:,} vs "
-        f"{champion['predictions']:,} recommendations with a known outcome: {', '.join(parts)} — {conclusion}."
-    )
-    return report
-
-
-def _versions(outcome: dict[str, Any]) -> str:
+def versions_text(outcome: dict[str, Any]) -> str:
     return "/".join(f"v{v}" for v in sorted(outcome["versions"]))
 
 
-def _compared(
+def compared(
     comparison: dict[str, dict[str, float | None]], *metrics: tuple[str, str, int, str]
 ) -> tuple[list[str], str]:
     """One phrase per metric (difference, 95 % CI, p) and the conclusion: what is significantly better or worse."""
@@ -435,3 +249,26 @@ def _compared(
         )
         return parts, f"significant at 95 %: the challenger is {found}"
     return parts, "no difference is significant at 95 %; keep the canary running for more labels"
+
+
+# ---------------------------------------------------------------- how reports print numbers
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def interval(bounds: tuple[float, float] | None, as_percent: bool = True) -> str:
+    if bounds is None:
+        return "-"
+    low, high = bounds
+    return f"{low:.1%} – {high:.1%}" if as_percent else f"{low:.3f} – {high:.3f}"
+
+
+def value_with_interval(outcome: dict[str, Any], key: str) -> str:
+    value = outcome[key]
+    return "-" if value is None else f"{value:.3f} [{interval(outcome[f'{key}_ci'], as_percent=False)}]"
+
+
+def version_counts(outcome: dict[str, Any]) -> str:
+    return ", ".join(f"v{v} ({n:,})" for v, n in sorted(outcome["versions"].items())) or "-"

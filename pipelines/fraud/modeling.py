@@ -1,4 +1,4 @@
-"""Training harness shared by the designs: imbalance strategies, XGBoost fitting, metrics, cost-based thresholds."""
+"""XGBoost for imbalanced fraud data: imbalance strategies, fitting, ranking and card metrics, cost-based thresholds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipelines.platform.errors import InvalidInput
 
 IMBALANCE_STRATEGIES = ("none", "class_weight", "smote", "smote_class_weight")
 
@@ -28,10 +30,10 @@ def rebalance(
 ) -> tuple[pd.DataFrame, np.ndarray, float]:
     """Apply one imbalance strategy to a training fold only; return (X, y, scale_pos_weight)."""
     if strategy not in IMBALANCE_STRATEGIES:
-        raise ValueError(f"unknown imbalance strategy '{strategy}'; choose one of {', '.join(IMBALANCE_STRATEGIES)}")
+        raise InvalidInput(f"unknown imbalance strategy '{strategy}'; choose one of {', '.join(IMBALANCE_STRATEGIES)}")
     positives = int(labels.sum())
     if positives == 0:
-        raise ValueError("the training window holds no known fraud; use a longer window or more data")
+        raise InvalidInput("the training window holds no known fraud; use a longer window or more data")
     weight = 1.0
     negatives = len(labels) - positives
     target = int(smote_ratio * negatives)  # minority size SMOTE should reach

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.platform.training import (
+from pipelines.fraud.modeling import (
     IMBALANCE_STRATEGIES,
     XGBParams,
     card_precision_at_k,

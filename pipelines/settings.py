@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     feast_online_store: Literal["sqlite", "redis"] = Field(default="sqlite", description="Online store: sqlite | redis")
     feast_redis_url: str = Field(default="127.0.0.1:6379", description="Redis connection string of the online store")
     feast_registry: str = Field(
-        default="", description="Feast registry: empty (SQLite file under home) or a SQLAlchemy URL (postgresql+psycopg2://...)"
+        default="",
+        description="Feast registry: empty (SQLite file under home) or a SQLAlchemy URL (postgresql+psycopg2://...)",
     )
     feast_offline_dir: str = Field(default="", description="Offline store's Parquet folder (empty: under home)")
 

@@ -50,3 +50,26 @@ def unique(prefix: str) -> str:
     import uuid
 
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def group_at_end(settings: Settings, topics: list[str], prefix: str) -> str:
+    """A new consumer group committed at the topics' ends: it reads only what is produced after this call.
+
+    The session's broker is shared, so a test's processor would otherwise also read every earlier test's events.
+    The group drains the topics instead of seeking to their ends: the embedded broker's ListOffsets answer can fall
+    short of the end right after a produce.
+    """
+    import time
+
+    from pipelines.platform.stream import make_consumer
+
+    group = unique(prefix)
+    consumer = make_consumer(settings, topics, group)
+    deadline = time.monotonic() + 60
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=200)
+    while time.monotonic() < deadline and any(consumer.poll(timeout_ms=1000).values()):
+        pass
+    consumer.commit()
+    consumer.close()
+    return group

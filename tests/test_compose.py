@@ -352,6 +352,18 @@ def test_every_mlsd_variable_is_a_settings_field() -> None:
     assert Settings.model_config["env_prefix"] == ENV_PREFIX
 
 
+def test_compose_defaults_of_settings_equal_the_settings_defaults() -> None:
+    defaults = dict(re.findall(r"\$\{(MLSD_[A-Z0-9_]+):-([^}]*)\}", COMPOSE_FILE.read_text()))
+    assert len(defaults) >= 10
+    for variable, value in defaults.items():
+        name = variable[len(ENV_PREFIX) :].lower()
+        parsed = Settings(_env_file=None, **{name: value})  # type: ignore[call-arg,arg-type]
+        assert getattr(parsed, name) == Settings.model_fields[name].default, variable
+    # .env.example shows each of them with the same default, so that copying it changes nothing.
+    example = dict(re.findall(r"^(MLSD_[A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert {variable: example.get(variable) for variable in defaults} == defaults
+
+
 def test_env_example_lists_every_variable_the_compose_file_reads() -> None:
     read = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_FILE.read_text()))
     listed = set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))

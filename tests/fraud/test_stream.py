@@ -16,7 +16,7 @@ from pipelines.fraud.features import backfill_features
 from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_events, replay_transactions, warm_engine
 from pipelines.platform.features import apply_feature_definitions, latest_per_entity, read_offline, read_online
 from pipelines.platform.stream import DLQ_SUFFIX, make_consumer, make_producer, run_micro_batches
-from tests.conftest import unique
+from tests.conftest import group_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,7 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
 
     store = apply_feature_definitions(settings, feature_definitions())
     sink = FraudFeatureSink(settings, store, warm_engine(history, settings.fraud_label_delay_days))
+    group = group_at_end(settings, list(SCHEMAS), "fraud-features")  # other tests' events stay unread
     producer = make_producer(settings)
     replay_transactions(producer, live, rate=0)
     # Malformed events in the middle of the stream: they must be dead-lettered, not stop the processor.
@@ -48,7 +49,7 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
     ):
         producer.send(TRANSACTIONS_TOPIC, bad)
     producer.flush()
-    consumer = make_consumer(settings, list(SCHEMAS), unique("fraud-features"))
+    consumer = make_consumer(settings, list(SCHEMAS), group)
     stats = run_micro_batches(consumer, producer, SCHEMAS, sink, batch_size=500, idle_stop_s=4)
     consumer.close()
 

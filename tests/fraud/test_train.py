@@ -13,11 +13,10 @@ from mlflow import MlflowClient
 from feature_repo.fraud import CUSTOMER_FEATURES
 from pipelines.designs import feature_definitions
 from pipelines.fraud.features import MODEL_FEATURES, backfill_features
-from pipelines.fraud.model import MODEL_NAME
+from pipelines.fraud.model import MODEL_NAME, load_fraud_version
 from pipelines.fraud.modeling import IMBALANCE_STRATEGIES, XGBParams
 from pipelines.fraud.train import train_fraud, training_frame
 from pipelines.platform.features import apply_feature_definitions
-from pipelines.fraud.model import load_fraud_version
 from pipelines.platform.registry import alias_version
 
 pytestmark = pytest.mark.integration

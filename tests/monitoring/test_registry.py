@@ -14,6 +14,7 @@ import pytest
 from pipelines.fraud.model import MODEL_NAME as FRAUD_MODEL
 from pipelines.monitoring.gate import GateResult, decide, explain, promote
 from pipelines.platform.design import GateError, Holdout
+from pipelines.platform.errors import InvalidInput
 from pipelines.platform.registry import (
     AUDIT_EXPERIMENT,
     CHALLENGER,
@@ -234,7 +235,7 @@ def test_mistakes_end_in_one_sentence(settings: Settings, model_uri: str) -> Non
     register_version(model_uri, FRAUD_MODEL, CHALLENGER)
     with pytest.raises(GateError, match="promote needs --data PATH"):
         promote(settings, "fraud")
-    with pytest.raises(GateError, match="not a model with a promotion gate"):
+    with pytest.raises(InvalidInput, match="'churn' is not a design or a registered model of one"):
         promote(settings, "churn", force=True)
     with pytest.raises(RegistryError, match="no earlier champion"):
         rollback(FRAUD_MODEL)

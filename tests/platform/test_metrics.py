@@ -160,7 +160,7 @@ def test_a_taken_port_is_one_sentence(served) -> None:
 
 @pytest.mark.integration
 def test_the_feature_processor_serves_metrics_while_it_runs(kafka_settings) -> None:
-    from pipelines.cli import run_feature_processor
+    from pipelines.platform.processor import run_feature_processor
 
     topic = unique("test.readings")
     ensure_topics(kafka_settings, [topic, topic + DLQ_SUFFIX])

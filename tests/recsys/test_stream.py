@@ -11,7 +11,7 @@ from pipelines.platform.stream import make_consumer, make_producer, run_micro_ba
 from pipelines.recsys.events import INTERACTIONS_TOPIC
 from pipelines.recsys.features import RecsysFeatureEngine, backfill_features
 from pipelines.recsys.stream import SCHEMAS, RecsysFeatureSink, replay_interactions, replay_records
-from tests.conftest import unique
+from tests.conftest import group_at_end
 from tests.recsys.test_features import simulated
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def test_streamed_user_and_item_features_equal_the_backfill(kafka_settings):
     interactions, items = simulated(3000)
     store = apply_feature_definitions(kafka_settings, feature_definitions())
     sink = RecsysFeatureSink(kafka_settings, store, RecsysFeatureEngine())
-    skip_earlier_events(kafka_settings, group := unique("recsys-features"))  # other tests share these topics
+    group = group_at_end(kafka_settings, list(SCHEMAS), "recsys-features")  # other tests share these topics
     producer = make_producer(kafka_settings)
     replay_interactions(producer, interactions, items, rate=0)
     producer.send(INTERACTIONS_TOPIC, b'{"user_id":"U1","item_id":"I1","timestamp":"2026-01-02T00:00:00Z","weight":-1}')
@@ -71,8 +71,7 @@ def test_the_processor_started_with_history_seeds_the_online_store(kafka_setting
         "MLSD_KAFKA_BOOTSTRAP": kafka_settings.kafka_bootstrap,
         "MLSD_MLFLOW_TRACKING_URI": kafka_settings.mlflow_tracking_uri,
     }
-    group = unique("seed")
-    skip_earlier_events(kafka_settings, group)  # other tests' events on the shared broker would move the rows
+    group = group_at_end(kafka_settings, list(SCHEMAS), "seed")  # other tests' events would move the rows
     mlsd = Path(sys.executable).parent / "mlsd"
     args = ["recsys", "stream", "--history", str(history), "--items", str(items_path), "--idle-stop", "2"]
     done = subprocess.run([str(mlsd), *args, "--group", group], env=env, capture_output=True, text=True, timeout=180)
@@ -84,18 +83,3 @@ def test_the_processor_started_with_history_seeds_the_online_store(kafka_setting
     online = read_online(store, FEATURE_SERVICE, [{"user_id": u, "item_id": "I1"} for u in expected.index])
     assert online["user_events_30d"].tolist() == expected["user_events_30d"].tolist()
     assert [list(v) for v in online["user_recent_items"]] == [list(v) for v in expected["user_recent_items"]]
-
-
-def skip_earlier_events(settings, group: str) -> None:
-    """Read every topic the processor reads to its end and commit there (the embedded broker's ListOffsets answer
-    can fall short of the end, so the group drains instead of seeking)."""
-    import time
-
-    consumer = make_consumer(settings, list(SCHEMAS), group)
-    deadline = time.monotonic() + 60
-    while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(timeout_ms=200)
-    while time.monotonic() < deadline and any(consumer.poll(timeout_ms=1000).values()):
-        pass
-    consumer.commit()
-    consumer.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.model import MODEL_NAME, load_recommender
+from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.train import train_recsys
 
 pytestmark = pytest.mark.integration

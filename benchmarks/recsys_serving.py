@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import time
 import urllib.request
@@ -34,16 +33,9 @@ import pandas as pd
 
 from benchmarks.common import RESULTS, save, scratch_stack
 from pipelines.platform.dataio import split_history_live
-from pipelines.platform.infra import (
-    free_port,
-    running,
-    stack_env,
-    start_process,
-    stop_process,
-    wait_for_http,
-    wait_for_log,
-)
-from pipelines.platform.loadtest import LoadTestResult, find_max_rate, run_load_test, save_latency_histogram
+from pipelines.platform.infra import free_port, stack_env
+from pipelines.platform.live import LivePlan, LiveRun
+from pipelines.platform.loadtest import LoadTestResult, find_max_rate, save_latency_histogram
 from pipelines.recsys.demo import stage_latency
 from pipelines.recsys.loadgen import payloads_from_interactions
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
@@ -113,22 +105,20 @@ def model_state(base: str) -> dict[str, Any]:
 
 
 def sustained_step(
-    settings: Settings, base: str, payloads: list[dict[str, Any]], seconds: float, step: int
+    run: LiveRun, base: str, payloads: list[dict[str, Any]], seconds: float, step: int
 ) -> tuple[LoadTestResult, dict[str, Any]]:
     """One open-loop step at 50 req/s, with what else was going on: load average, refreshes, the stream."""
     before = model_state(base)["item_table"]
     load_before = os.getloadavg()[0]
     offset = step * 5_000  # other users than the previous step's
-    result = run_load_test(
-        f"{base}/recommend", lambda i: payloads[(offset + i) % len(payloads)], SUSTAINED_RPS, seconds
-    )
+    result = run.load(payloads, SUSTAINED_RPS, seconds, offset=offset)
     after = model_state(base)["item_table"]
     conditions = {
         "load_average_1m_before": round(load_before, 2),
         "load_average_1m_after": round(os.getloadavg()[0], 2),
         "item_table_refreshes": after["refreshes"] - before["refreshes"],
         "last_refresh": after["last_refresh"],
-        "stream_replay_running": running(settings, "recsys-replay"),
+        "stream_replay_running": run.replay_running(),
     }
     print(
         f"step {step + 1}: 50 req/s for {seconds:.0f} s: p50 {result.p50_ms} / p99 {result.p99_ms} / "
@@ -153,48 +143,38 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="keep files and model here and reuse them next time")
     args = parser.parse_args()
 
-    mlsd = [sys.executable, "-m", "pipelines"]
     with workdir(args.workdir) as folder, scratch_stack(folder) as settings:
         facts = prepare(settings, folder, args.interactions)
         history = pd.read_parquet(folder / "history.parquet", columns=["user_id"])
         payloads = payloads_from_interactions(history, k=10, limit=20_000, cold_share=0.1, seed=3)
         port = free_port()
-        env = stack_env(settings, recsys_service_port=str(port))
-        names: list[str] = []
-        try:
-            stream_json = folder / "stream.json"
-            stream_json.unlink(missing_ok=True)
-            stream = start_process(
-                settings,
-                "recsys-stream",
-                [*mlsd, "recsys", "stream", "--items", str(folder / "items.parquet")]
-                + ["--history", str(folder / "history.parquet"), "--json-out", str(stream_json)],
-                env,
-            )
-            names.append("recsys-stream")
-            wait_for_log(stream, "consuming", 600)  # online store seeded
-            service = start_process(settings, "recsys-service", [*mlsd, "recsys", "serve"], env)
-            names.append("recsys-service")
-            base = f"http://127.0.0.1:{port}"
-            wait_for_http(f"{base}/readyz", 300, "The recommendation service", service.log)
-            url = f"{base}/recommend"
-            run_load_test(url, lambda i: payloads[i % len(payloads)], 20, 5)  # warm-up
+        stream_json = folder / "stream.json"
+        stream_json.unlink(missing_ok=True)
+        plan = LivePlan(
+            design="recsys",
+            stream_args=["recsys", "stream", "--items", str(folder / "items.parquet")]
+            + ["--history", str(folder / "history.parquet"), "--json-out", str(stream_json)],
+            serve_args=["recsys", "serve"],
+            # Interactions only: the processor knows the catalogue from the items file already.
+            replay_args=["recsys", "replay", "--interactions", str(folder / "live.parquet")],
+            port=port,
+            endpoint="/recommend",
+            service_after_stream=True,  # it reads the item rows the processor seeds
+            stream_ready_s=600,
+            service_ready_s=300,
+            env=stack_env(settings, recsys_service_port=str(port)),
+        )
+        with LiveRun(settings, plan) as run:
+            run.start()
+            base, url = plan.base_url, plan.url
+            run.load(payloads, 20, 5)  # warm-up
             stages = stage_latency(url, payloads[1000:1300])
-
             if args.replay_rate > 0:
-                start_process(
-                    settings,
-                    "recsys-replay",
-                    # Interactions only: the processor knows the catalogue from the items file already.
-                    [*mlsd, "recsys", "replay", "--interactions", str(folder / "live.parquet")]
-                    + ["--rate", f"{args.replay_rate:g}"],
-                    env,
-                )
-                names.append("recsys-replay")
+                run.start_replay(args.replay_rate)
                 time.sleep(5)  # the stream processor is writing before the first step starts
             sustained = []
             for step in range(args.repeats):
-                sustained.append(sustained_step(settings, base, payloads, args.sustained_seconds, step))
+                sustained.append(sustained_step(run, base, payloads, args.sustained_seconds, step))
                 time.sleep(2)
             worst = max(sustained, key=lambda s: s[0].p99_ms or float("inf"))[0]
             save_latency_histogram(worst, RESULTS / "recommend_50rps.png", "recsys /recommend at 50 req/s (worst step)")
@@ -211,9 +191,6 @@ def main() -> None:
                     on_step=lambda r: print(f"{r.target_rps:.0f} req/s: p99 {r.p99_ms} ms, errors {r.errors}"),
                 )
             final_model = model_state(base)
-        finally:
-            for name in reversed(names):
-                stop_process(settings, name, timeout_s=20)
         stream = json.loads(stream_json.read_text()) if stream_json.exists() else {}
 
     p99s = [result.p99_ms for result, _ in sustained]

@@ -48,7 +48,7 @@ def _root(
 
 
 for _design in DESIGNS:
-    app.add_typer(_design.cli(), name=_design.name, help=f"{_design.title}: {_design.summary}.")
+    app.add_typer(_design.cli(), name=_design.name)
 
 loadtest_app = typer.Typer(
     help="Open-loop load tests against a running service: " + ", ".join(NAMES) + ".", no_args_is_help=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -73,3 +74,61 @@ def group_at_end(settings: Settings, topics: list[str], prefix: str) -> str:
     consumer.commit()
     consumer.close()
     return group
+
+
+@pytest.fixture(scope="module")
+def fraud_registry(tmp_path_factory: pytest.TempPathFactory, broker: str) -> SimpleNamespace:
+    """One MLflow database and Feast repo for this module: v1 and v3 work, v2 cannot score a request.
+
+    Each test points the aliases where it needs them first, so the order of the tests does not matter.
+    """
+    from pipelines.designs import feature_definitions
+    from pipelines.platform.features import apply_feature_definitions
+    from tests.fraud.registered_models import experiment, register_fraud_model
+
+    home = tmp_path_factory.mktemp("deployment")
+    settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
+    apply_feature_definitions(settings, feature_definitions())
+    exp = experiment(settings)
+    versions = (
+        register_fraud_model(settings, exp, "champion", seed=1, threshold=0.3),
+        # Trained on fewer columns than the service sends: it cannot score a request.
+        register_fraud_model(settings, exp, None, seed=2, n_features=3),
+        register_fraud_model(settings, exp, None, seed=2, threshold=0.2),
+    )
+    assert versions == ("1", "2", "3")
+    return SimpleNamespace(settings=settings, experiment=exp)
+
+
+@pytest.fixture(scope="module")
+def registry_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A migrated MLflow database holding one small logged XGBoost model, copied for each test (cheap isolation)."""
+    import mlflow
+    import mlflow.xgboost
+    import numpy as np
+    import xgboost
+
+    from pipelines.platform.registry import connect_mlflow
+
+    home = tmp_path_factory.mktemp("registry-template")
+    connect_mlflow(Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}"))
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(200, 3)).astype(np.float32)
+    model = xgboost.XGBClassifier(n_estimators=5, max_depth=2).fit(features, (features[:, 0] > 0).astype(int))
+    experiment = mlflow.create_experiment("tiny", (home / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.xgboost.log_model(model, name="model", model_format="ubj", pip_requirements=["xgboost"])
+    return home / "mlflow.db", info.model_uri
+
+
+@pytest.fixture
+def model_uri(settings: Settings, registry_template: tuple[Path, str]) -> str:
+    """This test's own registry (a copy of the template database); every test registers versions of one model."""
+    import shutil
+
+    from pipelines.platform.registry import connect_mlflow
+
+    database, uri = registry_template
+    shutil.copyfile(database, settings.home / "mlflow.db")
+    connect_mlflow(settings)
+    return uri

@@ -148,6 +148,72 @@ def test_every_command_answers_help(path: tuple[str, ...]) -> None:
     assert " ".join(path) in result.output
 
 
+@pytest.mark.parametrize("group", [g for g in GROUPS if g], ids=lambda path: " ".join(path))
+def test_every_groups_summary_names_its_commands(group: tuple[str, ...]) -> None:
+    """What `mlsd --help` says of a group lists what the group holds."""
+    command = ROOT.commands[group[0]]
+    summary = one_sentence(command.get_short_help_str(limit=1000)) + " " + one_sentence(command.help or "")
+    missing = [name for name in getattr(command, "commands", {}) if name not in summary]
+    assert missing == [], f"mlsd {group[0]}: {summary}"
+
+
+def test_the_top_level_help_describes_every_design() -> None:
+    from pipelines.designs import DESIGNS
+
+    text = one_sentence(ROOT.help or "")
+    for design in DESIGNS:
+        assert design.summary in text and design.title.lower() in text
+    assert "monitoring" in text
+
+
+def test_version_and_config() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mlsd {version('mlsd')}"
+    secret = {"MLSD_MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg2://mlsd:s3cr3t@db:5432/mlsd"}
+    shown = CliRunner().invoke(app, ["config"], env=secret)
+    assert shown.exit_code == 0, shown.output
+    assert "s3cr3t" not in shown.output and "postgresql+psycopg2://mlsd:***@db:5432/mlsd" in shown.output
+    for variable in ("MLSD_KAFKA_BOOTSTRAP", "MLSD_SERVING_MODE", "MLSD_GATE_MIN_IMPROVEMENT", "MLSD_STREAM_BATCH_MS"):
+        assert variable in shown.output
+
+
+def test_every_setting_is_described_and_in_a_section() -> None:
+    from pipelines.settings import SECTIONS, Settings, describe_settings, masked
+
+    assert all(info.description for info in Settings.model_fields.values())
+    groups = describe_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert sum(len(rows) for rows in groups.values()) == len(Settings.model_fields)
+    assert set(groups) <= {"General", *(title for title, _ in SECTIONS)}
+    assert masked("redis:6379,password=hunter2") == "redis:6379,password=***"
+
+
+@pytest.mark.parametrize(
+    ("args", "choices"),
+    [
+        (["recsys", "evaluate", "--interactions", "x.csv", "--split", "random"], "temporal"),
+        (["drift-test", "--scenario", "nope"], "covariate-shift"),
+        (["monitor", "--design", "churn"], "fraud"),
+        (["fraud", "serve", "--mode", "blue"], "canary"),
+        (["deploy", "shadow-report", "--design", "churn"], "recsys"),
+    ],
+)
+def test_options_with_a_fixed_set_of_values_are_choices(args: list[str], choices: str) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert choices in one_sentence(result.output)
+
+
+def test_the_evaluate_splits_are_the_splitter_s_methods() -> None:
+    from typing import get_args
+
+    from pipelines.recsys.cli import Split
+    from pipelines.recsys.splits import SPLIT_METHODS
+
+    assert get_args(Split) == SPLIT_METHODS
+
+
 @pytest.mark.parametrize("path", SCRIPT_HELP, ids=lambda path: " ".join(path) or "mlsd")
 def test_the_console_script_answers_help(script: dict[str, ScriptRun], path: tuple[str, ...]) -> None:
     result = script[" ".join(["help", *path])].result()

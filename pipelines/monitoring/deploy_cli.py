@@ -19,7 +19,8 @@ from pipelines.platform.stream import read_topic
 from pipelines.settings import Settings
 
 deploy_app = typer.Typer(
-    help="Deployment reports from the prediction log: shadow agreement, canary outcomes on delayed labels.",
+    help="Deployment reports from the prediction log: shadow-report (agreement), canary-report (outcomes on delayed "
+    "labels).",
     no_args_is_help=True,
 )
 

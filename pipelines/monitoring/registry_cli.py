@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from pipelines.platform.registry import AuditRecord
 
 registry_app = typer.Typer(
-    help="Model lifecycle on the MLflow registry: versions, audited alias history, gated promotion, rollback.",
+    help="Model lifecycle on the MLflow registry: list (versions), history (audited alias changes), promote (gated), "
+    "rollback.",
     no_args_is_help=True,
 )
 MODELS = " | ".join(f"{d.model_name} ({d.name})" for d in DESIGNS)

@@ -33,8 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.designs import all_topics, feature_definitions
 from pipelines.designs import find_design as resolve_design
-from pipelines.platform.design import Design, MonitorSpec, RetrainInputs, Scenario, ScenarioSuite
+from pipelines.platform.design import Design, MonitorSpec, PreparedScenario, RetrainInputs, Scenario, ScenarioSuite
+from pipelines.platform.errors import InvalidInput
+from pipelines.platform.infra import free_port, stack_down, stack_up
 from pipelines.settings import Settings
 
 # ----------------------------------------------------------------------------------------------------------
@@ -189,8 +192,6 @@ def plot_scenario(result: dict[str, Any], path: Path) -> Path:
 
 
 def scenario_suite(design: Design) -> ScenarioSuite:
-    from pipelines.platform.errors import InvalidInput
-
     if design.scenarios is None:
         raise InvalidInput(f"The {design.name} design has no drift scenarios yet.")
     return design.scenarios
@@ -213,8 +214,6 @@ def world_settings(settings: Settings, key: str) -> Settings:
 
 def scenario_settings(settings: Settings, world: Settings, name: str, window_size: int) -> Settings:
     """Its own broker (empty topics), folder and copy of the world's registry, so each run starts the same."""
-    from pipelines.platform.infra import free_port
-
     home = settings.home.resolve() / "drift-tests" / name
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -243,12 +242,6 @@ def run_scenario(
 ) -> dict[str, Any]:
     """One scenario of `design` end to end on a broker and registry of its own; the result is also written as JSON."""
     design = resolve_design(design)
-    from pipelines.designs import all_topics, feature_definitions
-    from pipelines.monitoring.monitor import run_monitor
-    from pipelines.monitoring.retrain import run_retrain_loop
-    from pipelines.platform.errors import InvalidInput
-    from pipelines.platform.infra import stack_down, stack_up
-
     suite = scenario_suite(design)
     if name not in suite.scenarios:
         raise InvalidInput(f"Unknown scenario '{name}'; choose one of {', '.join(suite.scenarios)}.")
@@ -269,38 +262,9 @@ def run_scenario(
         sent = suite.publish(s, prepared, say)
         timings["features_scores_publish"] = time.perf_counter() - clock
 
-        # The retraining loop follows monitoring.alerts from its own thread while the monitor runs, as in
-        # production: alert → Kafka → loop → retrain → gate → decision.
-        stop = threading.Event()
-        loop_result: dict[str, Any] = {}
-        loop_thread = None
-        if retrain:
-            inputs = RetrainInputs(history=prepared.history)
-            loop_thread = threading.Thread(
-                target=lambda: loop_result.update(
-                    run=run_retrain_loop(s, design, inputs, from_beginning=True, stop=stop)
-                ),
-                name="retrain-loop",
-                daemon=True,
-            )
-            loop_thread.start()
-        clock = time.perf_counter()
-        say("monitoring" + (" (the retraining loop acts on its alerts meanwhile)" if retrain else ""))
-        run = run_monitor(s, design, window_size, idle_timeout=5.0, from_beginning=True)
-        timings["monitor"] = time.perf_counter() - clock
+        run, retrains, handled_counts = monitor_and_retrain(s, design, prepared, window_size, retrain, say, timings)
         windows = window_rows(run, spec, start)
         detection = detect(scenario, windows, start)
-        retrains: list[dict[str, Any]] = []
-        handled_counts: dict[str, int] = {}
-        if loop_thread is not None:
-            say("waiting for the retraining loop's decisions")
-            clock = time.perf_counter()
-            stop.set()
-            loop_thread.join()
-            timings["retrain_after_monitor"] = time.perf_counter() - clock
-            if "run" in loop_result:
-                retrains = [r.to_dict() for r in loop_result["run"].retrains]
-                handled_counts = loop_result["run"].counts()
     finally:
         stack_down(s, [p.name for p in started])
 
@@ -333,6 +297,51 @@ def run_scenario(
     result["json"] = str(json_path)
     result["plot"] = str(plot_scenario(result, out / f"{name}.png"))
     return result
+
+
+def monitor_and_retrain(
+    settings: Settings,
+    design: Design,
+    prepared: PreparedScenario,
+    window_size: int,
+    retrain: bool,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[Any, list[dict[str, Any]], dict[str, int]]:
+    """The monitor over the published topics while the retraining loop follows its alerts from its own thread, as
+    in production (alert → Kafka → loop → retrain → gate → decision); returns (monitor run, retrains, verdicts)."""
+    from pipelines.monitoring.monitor import run_monitor
+    from pipelines.monitoring.retrain import run_retrain_loop
+
+    stop = threading.Event()
+    loop_result: dict[str, Any] = {}
+    loop_thread = None
+    if retrain:
+        inputs = RetrainInputs(history=prepared.history)
+        loop_thread = threading.Thread(
+            target=lambda: loop_result.update(
+                run=run_retrain_loop(settings, design, inputs, from_beginning=True, stop=stop)
+            ),
+            name="retrain-loop",
+            daemon=True,
+        )
+        loop_thread.start()
+    clock = time.perf_counter()
+    say("monitoring" + (" (the retraining loop acts on its alerts meanwhile)" if retrain else ""))
+    run = run_monitor(settings, design, window_size, idle_timeout=5.0, from_beginning=True)
+    timings["monitor"] = time.perf_counter() - clock
+    retrains: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    if loop_thread is not None:
+        say("waiting for the retraining loop's decisions")
+        clock = time.perf_counter()
+        stop.set()
+        loop_thread.join()
+        timings["retrain_after_monitor"] = time.perf_counter() - clock
+        if "run" in loop_result:
+            retrains = [r.to_dict() for r in loop_result["run"].retrains]
+            counts = loop_result["run"].counts()
+    return run, retrains, counts
 
 
 def summarise(scenario: Scenario, detection: Detection, retrains: list[dict[str, Any]]) -> str:

@@ -211,6 +211,8 @@ async def run_open_loop(
     sent and are counted as errors of kind ``"dropped (max_in_flight)"``.
     ``progress(sent, total)`` is called about every half second and once at the end.
     """
+    # One function on purpose: the sender, the in-flight bound and the recorder share the event loop's local state;
+    # split up, every part would pass the same six values around and the timing path would be harder to audit.
     if rps <= 0:
         raise InvalidInput("rps must be > 0")
     if duration_s <= 0:

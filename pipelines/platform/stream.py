@@ -210,6 +210,8 @@ def run_micro_batches(
     comes first. Stops on SIGINT/SIGTERM, after `idle_stop_s` seconds without messages, or after `max_events` messages.
     `metrics` hears of every committed batch (counts, dead letters by reason, seconds) and of every empty poll.
     """
+    # One loop on purpose: the order poll → sink → dead letters → flush → commit is the at-least-once contract, and
+    # it reads best in one place.
     stats = LoopStats()
     flag = _StopFlag()
     previous = {}

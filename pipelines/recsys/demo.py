@@ -50,10 +50,8 @@ class RecsysDemoOptions:
 def run_recsys_demo(settings: Settings, console: Console, options: RecsysDemoOptions) -> dict[str, Any]:
     """Assumes the embedded stack is up; stops every process it starts."""
     from pipelines.platform.dataio import split_history_live, write_table
-    from pipelines.platform.live import LivePlan, LiveRun
     from pipelines.platform.loadtest import save_latency_histogram
     from pipelines.recsys.evaluate import EvaluateConfig, evaluate_pipeline, ranker_trainer
-    from pipelines.recsys.loadgen import payloads_from_interactions
     from pipelines.recsys.simulate import config_for_size, simulate_interactions
     from pipelines.recsys.train import train_recsys
 
@@ -83,6 +81,34 @@ def run_recsys_demo(settings: Settings, console: Console, options: RecsysDemoOpt
         f"({trained.training_rows:,} ranker rows)"
     )
 
+    load, stages, stream = run_live(settings, console, options, history, len(live))
+    histogram = save_latency_histogram(load, report_dir / "live_latency.png", f"/recommend at {options.rps:.0f} req/s")
+
+    summary = {
+        "interactions": len(interactions),
+        "items": int(interactions["item_id"].nunique()),
+        "evaluation": evaluation,
+        "train": {"model_version": trained.model_version, "seconds": trained.seconds, "rows": trained.training_rows},
+        "live": {"rps": options.rps, "duration_s": options.duration, **load.to_dict()},
+        "stages_ms": stages,
+        "stream": stream,
+        "histogram": str(histogram),
+    }
+    (report_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print_recsys_summary(console, summary)
+    return summary
+
+
+def run_live(
+    settings: Settings, console: Console, options: RecsysDemoOptions, history: Any, live_rows: int
+) -> tuple[Any, dict[str, dict[str, float]], dict[str, Any]]:
+    """Stream processor seeded with the history, service, warm-up, per-stage latency, then the last day replayed
+    while open-loop traffic asks for recommendations; returns (load result, stage latency, processor figures)."""
+    from pipelines.platform.live import LivePlan, LiveRun
+    from pipelines.recsys.loadgen import payloads_from_interactions
+
+    data_dir = settings.data_dir
+    report_dir = settings.reports_dir / "recsys"
     stream_json = report_dir / "stream.json"
     stream_json.unlink(missing_ok=True)
     plan = LivePlan(
@@ -108,27 +134,13 @@ def run_recsys_demo(settings: Settings, console: Console, options: RecsysDemoOpt
         )
         run.load(payloads[::-1], 20, 3)  # warm-up
         stages = stage_latency(plan.url, payloads[:200])
-        run.start_replay(max(len(live) / max(options.duration, 1.0), 200.0))
+        run.start_replay(max(live_rows / max(options.duration, 1.0), 200.0))
         with console.status(
             f"live traffic {options.rps:.0f} req/s for {options.duration:.0f} s while the last day streams in"
         ):
             load = run.load(payloads, options.rps, options.duration)
         run.drain()
-    histogram = save_latency_histogram(load, report_dir / "live_latency.png", f"/recommend at {options.rps:.0f} req/s")
-
-    summary = {
-        "interactions": len(interactions),
-        "items": int(interactions["item_id"].nunique()),
-        "evaluation": evaluation,
-        "train": {"model_version": trained.model_version, "seconds": trained.seconds, "rows": trained.training_rows},
-        "live": {"rps": options.rps, "duration_s": options.duration, **load.to_dict()},
-        "stages_ms": stages,
-        "stream": json.loads(stream_json.read_text()) if stream_json.exists() else {},
-        "histogram": str(histogram),
-    }
-    (report_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print_recsys_summary(console, summary)
-    return summary
+    return load, stages, json.loads(stream_json.read_text()) if stream_json.exists() else {}
 
 
 def print_recsys_summary(console: Console, summary: dict[str, Any]) -> None:

@@ -111,35 +111,10 @@ def evaluate_pipeline(
     recall = candidate_recall(model, relevant, [config.candidates])
 
     if ranker is not None:
-        say("ranking and re-ranking")
-        clock = time.perf_counter()
-        from pipelines.recsys.rank import feature_snapshot
-
-        snapshot = feature_snapshot(train, items)  # what the online store holds at the end of training
-        ranked = ranker.recommend(users, ranker.n_candidates, snapshot=snapshot)
-        ranked_top = {user: [item for item, _, _ in found[: config.k]] for user, found in ranked.items()}
-        report = evaluate_rankings(ranked_top, relevant, config.k, catalogue_size, categories)
-        rows.append(_row("ranker", "ranking", report, time.perf_counter() - clock))
-        clock = time.perf_counter()
-        now = float(pd.to_datetime(train["timestamp"], utc=True).max().timestamp())
-        created = created_seconds(items) if items is not None and "created_at" in items else None
-        reranked = rerank_all(
-            ranked, config.k, RerankConfig(), seen=seen, item_category=categories or {}, item_created=created, now=now
+        ranked_rows, rerank_effects = ranking_rows(
+            ranker, train, items, relevant, seen, categories, catalogue_size, config, say
         )
-        final = {user: [item for item, _, _ in found] for user, found in reranked.items()}
-        report = evaluate_rankings(final, relevant, config.k, catalogue_size, categories)
-        rows.append(_row("full pipeline (ranker + re-ranking)", "re-ranking", report, time.perf_counter() - clock))
-        say("measuring each re-ranking switch")
-        # Without creation times (an interaction file alone, as public benchmark tables come) nothing is fresh.
-        variants = {
-            name: variant
-            for name, variant in RERANK_VARIANTS.items()
-            if created is not None or variant.freshness_boost == 1.0
-        }
-        effects = measure_effects(
-            ranked, relevant, config.k, categories or {}, catalogue_size, variants, seen, created, now
-        )
-        rerank_effects = [{str(k): v for k, v in row.items()} for row in effects.reset_index().to_dict("records")]
+        rows += ranked_rows
 
     timings["total"] = time.perf_counter() - started
     return {
@@ -153,6 +128,53 @@ def evaluate_pipeline(
         "candidate_recall": recall.to_dict(orient="records"),
         "seconds": {key: round(value, 2) for key, value in timings.items()},
     }
+
+
+def ranking_rows(
+    ranker: Any,
+    train: pd.DataFrame,
+    items: pd.DataFrame | None,
+    relevant: dict[str, set[str]],
+    seen: Any,
+    categories: dict[str, str] | None,
+    catalogue_size: int,
+    config: EvaluateConfig,
+    say: Progress,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ranker's rows of the table (ranker alone, full pipeline) and the effect of each re-ranking switch."""
+    from pipelines.recsys.rank import feature_snapshot
+
+    users = sorted(relevant)
+    rows: list[dict[str, Any]] = []
+    say("ranking and re-ranking")
+    clock = time.perf_counter()
+    snapshot = feature_snapshot(train, items)  # what the online store holds at the end of training
+    ranked = ranker.recommend(users, ranker.n_candidates, snapshot=snapshot)
+    ranked_top = {user: [item for item, _, _ in found[: config.k]] for user, found in ranked.items()}
+    report = evaluate_rankings(ranked_top, relevant, config.k, catalogue_size, categories)
+    rows.append(_row("ranker", "ranking", report, time.perf_counter() - clock))
+    clock = time.perf_counter()
+    now = float(pd.to_datetime(train["timestamp"], utc=True).max().timestamp())
+    created = created_seconds(items) if items is not None and "created_at" in items else None
+    reranked = rerank_all(
+        ranked, config.k, RerankConfig(), seen=seen, item_category=categories or {}, item_created=created, now=now
+    )
+    final = {user: [item for item, _, _ in found] for user, found in reranked.items()}
+    report = evaluate_rankings(final, relevant, config.k, catalogue_size, categories)
+    rows.append(_row("full pipeline (ranker + re-ranking)", "re-ranking", report, time.perf_counter() - clock))
+    say("measuring each re-ranking switch")
+    # Without creation times (an interaction file alone, as public benchmark tables come) nothing is fresh.
+    variants = {
+        name: variant
+        for name, variant in RERANK_VARIANTS.items()
+        if created is not None or variant.freshness_boost == 1.0
+    }
+    effects = measure_effects(
+        ranked, relevant, config.k, categories or {}, catalogue_size, variants, seen, created, now
+    )
+    rerank_effects = [{str(k): v for k, v in row.items()} for row in effects.reset_index().to_dict("records")]
+
+    return rows, rerank_effects
 
 
 def ranker_trainer(seed: int) -> RankerTrainer:

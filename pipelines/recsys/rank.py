@@ -322,6 +322,8 @@ def ranking_features(
     ranking, `items` the `item_table` of the model (`arrays` its `catalogue_arrays`, computed here if not given).
     Missing values (unknown users, unseen items) stay NaN.
     """
+    # One vectorised pass over all (user, candidate) rows: each block below adds a family of columns to the same
+    # arrays; the families are listed in FEATURE_NAMES, in this order, which is what keeps training and serving equal.
     arrays = arrays or catalogue_arrays(model, items)
     pairs = _flatten(candidates)
     user_ids = pairs["user_id"].to_numpy()

@@ -29,7 +29,7 @@ def service(tmp_path_factory, broker):
     from pipelines.designs import feature_definitions
     from pipelines.platform.features import apply_feature_definitions
     from pipelines.settings import Settings
-    from tests.monitoring.fraud_models import experiment, register_fraud_model
+    from tests.fraud.registered_models import experiment, register_fraud_model
 
     home = tmp_path_factory.mktemp("deploy")
     settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
@@ -121,7 +121,7 @@ def test_shadow_mode_logs_the_served_and_the_shadow_prediction_of_each_request(s
 
 
 def test_moving_the_champion_under_traffic_fails_no_request_and_the_new_version_answers(service):
-    from tests.monitoring.fraud_models import move_alias
+    from tests.fraud.registered_models import move_alias
 
     base, _ = service
 

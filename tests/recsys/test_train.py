@@ -37,3 +37,14 @@ def test_the_champion_recommends_for_known_and_unknown_users(settings):
     # The files the services read give the pyfunc's lists.
     direct = [item for item, _, _ in recommender.recommend([known], 5)[known]]
     assert direct == out[out["user_id"] == known].sort_values("rank")["item_id"].tolist()
+
+
+@pytest.mark.unit
+def test_versions_pickled_before_models_from_code_still_find_their_class() -> None:
+    """Older versions stored `python_model.pkl`, a pickle naming `pipelines.recsys.train.RecommenderModel`."""
+    import pickle
+
+    from pipelines.recsys.pyfunc import RecommenderModel
+
+    old = b"\x80\x02cpipelines.recsys.train\nRecommenderModel\n)\x81."  # GLOBAL class, empty args, NEWOBJ, STOP
+    assert isinstance(pickle.loads(old), RecommenderModel)

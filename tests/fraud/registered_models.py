@@ -1,10 +1,13 @@
-"""Small real fraud models in a real MLflow registry, for the deployment tests (no training pipeline needed)."""
+"""Small real fraud models in a real MLflow registry, for the deployment tests (no training pipeline needed), and a
+module fixture holding three of them."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +61,12 @@ def move_alias(alias: str, version: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
+
+
+def wait_for(condition: Any, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

@@ -390,13 +390,19 @@ def register_version(
     metrics: Mapping[str, float] | None = None,
     command: str | None = None,
 ) -> str:
-    """Register a logged model as a new version of `name`, tag it, and point `alias` at it (audited)."""
-    import mlflow
+    """Register a logged model (`models:/<model id>`) as a new version of `name`, tagged, and point `alias` at it
+    (audited). The client API is used rather than `mlflow.register_model`, which prints to stderr."""
+    from mlflow.exceptions import MlflowException
 
-    version = str(mlflow.register_model(model_uri, name).version)
     client = _client()
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(name, version, key, value)
+    try:
+        client.create_registered_model(_check_name(name))
+    except MlflowException as exc:
+        if exc.error_code not in {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}:
+            raise
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    created = client.create_model_version(name, model_uri, tags=dict(tags or {}), model_id=model_id)
+    version = str(created.version)
     if alias:
         set_alias(name, alias, version, "register", reason, metrics=metrics, command=command)
     return version

@@ -25,8 +25,11 @@ from pipelines.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-def test_versions_are_listed_newest_first_with_their_aliases_and_tags(settings: Settings, model_uri: str) -> None:
+def test_versions_are_listed_newest_first_with_their_aliases_and_tags(
+    settings: Settings, model_uri: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     first = register_version(model_uri, FRAUD_MODEL, CHAMPION, tags={"threshold": "0.4"})
+    assert capfd.readouterr().err == ""  # registering prints nothing (MLflow's fluent API would)
     second = register_version(model_uri, FRAUD_MODEL, CHALLENGER, tags={"threshold": "0.6"})
     third = register_version(model_uri, FRAUD_MODEL, None)
 

@@ -18,7 +18,8 @@ from feature_repo.fraud import fraud_feature_objects
 from pipelines.fraud.simulate import config_for_size, simulate_transactions
 from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_transactions, warm_engine
 from pipelines.platform.features import apply_feature_definitions
-from pipelines.platform.stream import make_consumer, make_producer, percentile_summary, run_micro_batches
+from pipelines.platform.microbatch import run_micro_batches
+from pipelines.platform.stream import make_consumer, make_producer, percentile_summary
 
 
 def joined_consumer(settings, group: str):  # type: ignore[no-untyped-def]

@@ -7,7 +7,8 @@ and passes it down. Errors a user can cause end in one sentence; anything else i
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -17,6 +18,7 @@ from pipelines.monitoring import cli as monitoring_cli
 from pipelines.monitoring.deploy_cli import deploy_app
 from pipelines.monitoring.registry_cli import registry_app
 from pipelines.platform.console import console, fail, print_facts
+from pipelines.platform.drills import SCENARIOS as DRILL_SCENARIOS
 from pipelines.settings import Settings
 
 
@@ -27,6 +29,10 @@ def _version(show: bool) -> None:
         typer.echo(f"mlsd {version('mlsd')}")
         raise typer.Exit()
 
+
+DRILL_DESIGNS = tuple(d.name for d in DESIGNS if d.drills is not None)
+DrillDesign: Any = Literal[DRILL_DESIGNS]  # type: ignore[valid-type]
+DrillScenario: Any = Literal[DRILL_SCENARIOS]  # type: ignore[valid-type]
 
 app = typer.Typer(
     help="Runnable ML system designs — "
@@ -145,6 +151,57 @@ def demo(
 
     chosen = [find(name) for name in design] if design else list(DESIGNS)
     run_demo(Settings(), console, chosen, set_ or [], incident, keep_running)
+
+
+@app.command()
+def drill(
+    scenario: Annotated[DrillScenario, typer.Option(help="The fault to inject")],
+    design: Annotated[DrillDesign, typer.Option(help="Whose stream processors")] = DRILL_DESIGNS[0],
+    size: Annotated[int, typer.Option(min=1000, help="Transactions or interactions to simulate (40 days)")] = 20_000,
+    processors: Annotated[int, typer.Option(min=1, help="Processors in the consumer group")] = 1,
+    kills: Annotated[int, typer.Option(min=0, help="stream-crash: how many times a processor is killed")] = 3,
+    rate: Annotated[float, typer.Option(min=0, help="Replay rate, events per second (0: as fast as possible)")] = 1000,
+    seed: Annotated[int | None, typer.Option(help="Seed of the data and of the faults (default MLSD_SEED)")] = None,
+    json_out: Annotated[Path | None, typer.Option(help="Also write the result here")] = None,
+) -> None:
+    """Fault drills on real processes: stream-crash, rebalance, poison-events, broker-restart; what was sent,
+    processed, dead-lettered, lost and wrong, and how long recovery took."""
+    from pipelines.designs import find_design
+    from pipelines.platform.console import print_facts, write_json_out
+    from pipelines.platform.drills import run_drill
+
+    s = Settings()
+    chosen = find_design(design)
+    assert chosen.drills is not None
+    with console.status(f"{scenario} drill") as spinner:
+        result = run_drill(
+            s,
+            chosen.drills(),
+            chosen.name,
+            scenario,
+            size,
+            processors,
+            kills,
+            rate,
+            s.seed if seed is None else seed,
+            say=lambda m: spinner.update(f"{scenario}: {m}"),
+        )
+    out = result.to_dict()
+    rows = [
+        ("events sent", f"{result.sent:,}"),
+        ("processors", str(processors)),
+        ("dead-lettered", f"{result.dead_lettered:,}"),
+        ("events lost", str(out["events_lost"])),
+        ("rows differing from the backfill", str(out["rows_differing"])),
+        ("processors that crashed on their own", str(result.crashes)),
+        ("faults", "; ".join(", ".join(f"{k} {v}" for k, v in kill.items()) for kill in result.kills) or "-"),
+        ("recovery (s)", ", ".join(f"{r:.1f}" for r in result.recovery_s) or "-"),
+        ("seconds", f"{result.seconds:.0f}"),
+    ]
+    if result.poison:
+        rows.append(("bad events dead-lettered with their reason", f"{result.poison.get('share', 0):.0%}"))
+    print_facts(rows, f"{chosen.name} drill: {scenario}")
+    write_json_out(json_out, out)
 
 
 # ---------------------------------------------------------------- infra roles

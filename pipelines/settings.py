@@ -104,6 +104,27 @@ class Settings(BaseSettings):
     stream_batch_ms: int = Field(
         default=250, ge=0, description="A micro-batch closes this long after its oldest event was produced"
     )
+    stream_partitions: int = Field(
+        default=4, ge=1, description="Partitions of each topic created by mlsd (processors in a group share them)"
+    )
+    stream_state_url: str = Field(
+        default="", description="Where processors checkpoint their state: empty (SQLite under home) or postgresql://..."
+    )
+    stream_max_event_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Events larger than this are dead-lettered"
+    )
+    stream_dlq_copy_bytes: int = Field(
+        default=65_536, ge=1024, description="A dead letter keeps at most this much of the event (and its size)"
+    )
+    stream_max_lateness_days: float = Field(
+        default=60.0, gt=0, description="Events this far behind the stream's newest event are dead-lettered"
+    )
+    stream_idle_origin_ms: int = Field(
+        default=1000, ge=0, description="A caught-up source partition quiet this long stops holding the watermark"
+    )
+    event_max_future_seconds: float = Field(
+        default=86_400.0, ge=0, description="Event times further ahead of now than this are refused"
+    )
 
     # -- Metrics (pipelines/platform/metrics.py): the processors' and loops' Prometheus endpoints
     metrics_host: str = Field(
@@ -151,7 +172,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Promotion gate", ("gate_",)),
     ("Monitor", ("monitor_",)),
     ("Retraining loop", ("retrain_",)),
-    ("Stream processors", ("stream_",)),
+    ("Stream processors", ("stream_", "event_")),
     ("Metrics", ("metrics_",)),
 )
 _SECRET_IN_URL = re.compile(r"(//[^:/@]+:)[^@]+(@)")

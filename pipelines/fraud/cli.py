@@ -106,37 +106,60 @@ def fraud_stream(
     json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics and /healthz here")] = None,
 ) -> None:
-    """Consume transactions and chargebacks, compute features, push to Feast online + offline, commit after."""
+    """Consume transactions and chargebacks; customer features, then terminal features after a repartition by
+    terminal; Feast online + offline; state checkpointed with the offsets (run several with the same --group)."""
     from feature_repo.fraud import fraud_feature_objects
     from pipelines.fraud.data import read_transactions
-    from pipelines.fraud.events import TOPICS
-    from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, warm_engine
+    from pipelines.fraud.events import BY_TERMINAL_TOPIC, LABELS_TOPIC, TOPICS, TRANSACTIONS_TOPIC
+    from pipelines.fraud.features import FraudFeatureEngine
+    from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, seed_state
     from pipelines.platform.features import apply_feature_definitions
     from pipelines.platform.processor import run_feature_processor
-    from pipelines.platform.stream import ensure_topics, percentile_summary
+    from pipelines.platform.repartition import EventTimeBuffer, Forwarder, origin_name
+    from pipelines.platform.state import StateStore, state_url
+    from pipelines.platform.stream import ensure_topics, partition_count, percentile_summary
 
     s = Settings()
-    past = read_transactions(history, s.fraud_label_delay_days) if history else None
-    engine = warm_engine(past, s.fraud_label_delay_days)
+    past = read_transactions(history, s.fraud_label_delay_days) if history else None  # a bad file fails first
     store = apply_feature_definitions(s, [fraud_feature_objects])
-    ensure_topics(s, TOPICS)
-    sink = FraudFeatureSink(s, store, engine)
+    partitioned = (TRANSACTIONS_TOPIC, LABELS_TOPIC, BY_TERMINAL_TOPIC)
+    ensure_topics(s, TOPICS, {topic: s.stream_partitions for topic in partitioned})
+    counts = {topic: partition_count(s, topic) for topic in partitioned}
+    state = StateStore(state_url(s), group)
+    if past is not None:
+        seeded = seed_state(
+            state, past, s.fraud_label_delay_days, counts[TRANSACTIONS_TOPIC], counts[BY_TERMINAL_TOPIC]
+        )
+        say = "seeded the state with" if seeded else "resuming from the checkpoint; did not read"
+        console.print(f"{say} the history in {history}")
+    origins = [origin_name(t, p) for t in (TRANSACTIONS_TOPIC, LABELS_TOPIC) for p in range(counts[t])]
+    built: list[FraudFeatureSink] = []
+
+    def make_sink(producer: Any) -> FraudFeatureSink:
+        forwarder = Forwarder(producer, BY_TERMINAL_TOPIC, counts[BY_TERMINAL_TOPIC], s.stream_idle_origin_ms)
+        sink = FraudFeatureSink(
+            s,
+            store,
+            FraudFeatureEngine(s.fraud_label_delay_days),
+            forwarder,
+            EventTimeBuffer(BY_TERMINAL_TOPIC, origins),
+        )
+        built.append(sink)
+        return sink
+
+    def figures() -> dict[str, Any]:
+        stats = built[0].stats
+        return {
+            "transactions": stats.transactions,
+            "labels": stats.labels,
+            "terminal_rows": stats.terminal_rows,
+            "duplicates": stats.duplicates,
+            "late": stats.late,
+            "freshness_ms": percentile_summary(stats.freshness_ms),
+        }
+
     run_feature_processor(
-        s,
-        "fraud",
-        SCHEMAS,
-        sink,
-        group,
-        idle_stop,
-        max_events,
-        json_out,
-        lambda: {
-            "transactions": sink.stats.transactions,
-            "labels": sink.stats.labels,
-            "duplicates": sink.stats.duplicates,
-            "freshness_ms": percentile_summary(sink.stats.freshness_ms),
-        },
-        metrics_port,
+        s, "fraud", SCHEMAS, make_sink, group, idle_stop, max_events, json_out, figures, metrics_port, state
     )
 
 

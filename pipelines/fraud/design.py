@@ -61,5 +61,6 @@ DESIGN = Design(
         prepare=lazy("pipelines.fraud.scenarios:prepare"),
         publish=lazy("pipelines.fraud.scenarios:publish"),
     ),
+    drills=lazy("pipelines.fraud.drills:drill_spec"),
     service_port=lambda settings: settings.fraud_service_port,
 )

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.platform.events import Amount, EntityId, EventTime
 from pipelines.platform.predictions import Variant
 from pipelines.platform.stream import DLQ_SUFFIX
 
 TRANSACTIONS_TOPIC = "fraud.transactions"
 LABELS_TOPIC = "fraud.labels"
 PREDICTIONS_TOPIC = "fraud.predictions"  # served and shadow decisions (pipelines/platform/predictions.py)
+# Transactions and chargebacks again, keyed by terminal: terminal features are computed after this repartition.
+BY_TERMINAL_TOPIC = "fraud.by-terminal"
 TOPICS = (
     TRANSACTIONS_TOPIC,
     TRANSACTIONS_TOPIC + DLQ_SUFFIX,
     LABELS_TOPIC,
     LABELS_TOPIC + DLQ_SUFFIX,
+    BY_TERMINAL_TOPIC,
+    BY_TERMINAL_TOPIC + DLQ_SUFFIX,
 )
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class TransactionEvent(BaseModel):
@@ -30,13 +31,11 @@ class TransactionEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    transaction_id: str = Field(min_length=1, max_length=64)
-    timestamp: datetime
-    customer_id: str = Field(min_length=1, max_length=64)
-    terminal_id: str = Field(min_length=1, max_length=64)
-    amount: float = Field(ge=0, le=1_000_000, allow_inf_nan=False)
-
-    _utc_timestamp = field_validator("timestamp")(_utc)
+    transaction_id: EntityId
+    timestamp: EventTime
+    customer_id: EntityId
+    terminal_id: EntityId
+    amount: Amount = Field(ge=0, le=1_000_000)
 
 
 class LabelEvent(BaseModel):
@@ -44,14 +43,17 @@ class LabelEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    transaction_id: str = Field(min_length=1, max_length=64)
-    customer_id: str = Field(min_length=1, max_length=64)
-    terminal_id: str = Field(min_length=1, max_length=64)
-    timestamp: datetime
-    label_timestamp: datetime
+    transaction_id: EntityId
+    customer_id: EntityId
+    terminal_id: EntityId
+    timestamp: EventTime
+    label_timestamp: EventTime
     is_fraud: Literal[0, 1] = 1
 
-    _utc_timestamps = field_validator("timestamp", "label_timestamp")(_utc)
+    @property
+    def event_time(self) -> datetime:
+        """When it became known: where a chargeback sits in the stream."""
+        return self.label_timestamp
 
 
 class Decision(BaseModel):

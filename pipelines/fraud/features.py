@@ -85,9 +85,10 @@ class FraudFeatureEngine:
 
     def add_transaction(self, customer_id: str, terminal_id: str, time: float, amount: float) -> tuple[tuple, tuple]:
         """Update state with one transaction; return the new customer row and terminal row (without ids/time)."""
-        return self._customer(customer_id, time, amount), self._terminal(terminal_id, time)
+        return self.customer_row(customer_id, time, amount), self.terminal_row(terminal_id, time)
 
-    def _customer(self, customer_id: str, time: float, amount: float) -> tuple:
+    def customer_row(self, customer_id: str, time: float, amount: float) -> tuple:
+        """Add one transaction to its customer's windows; the customer's new row (counts, means, clock)."""
         state = self.customers.get(customer_id)
         if state is None:
             state = self.customers[customer_id] = _CustomerState()
@@ -107,7 +108,8 @@ class FraudFeatureEngine:
         means = [round(s / c, 6) if c else 0.0 for s, c in zip(sums, counts, strict=True)]
         return (*counts, *means, clock)
 
-    def _terminal(self, terminal_id: str, time: float) -> tuple:
+    def terminal_row(self, terminal_id: str, time: float) -> tuple:
+        """Add one transaction to its terminal's (delayed) windows; the terminal's new row (counts, risks)."""
         state = self.terminals.get(terminal_id)
         if state is None:
             state = self.terminals[terminal_id] = _TerminalState()
@@ -134,6 +136,62 @@ class FraudFeatureEngine:
             risks.append(round(min(len(frauds), len(window)) / len(window), 6) if window else 0.0)
         _append_in_order(state.waiting, time)
         return (*counts, *risks)
+
+    # -- state as bytes, for the stream processors' checkpoints (pipelines/platform/state.py)
+
+    def export_customer(self, customer_id: str) -> bytes:
+        """One customer's windows as float64s: clock, then per window its sum, length and (time, amount) pairs."""
+        state = self.customers[customer_id]
+        values = [state.clock]
+        for window, total in zip(state.windows, state.sums, strict=True):
+            values += [total, float(len(window))]
+            values += [x for pair in window for x in pair]
+        return np.asarray(values, dtype=np.float64).tobytes()
+
+    def import_customer(self, customer_id: str, data: bytes) -> None:
+        values = np.frombuffer(data, dtype=np.float64).tolist()
+        state = _CustomerState(clock=values[0])
+        i = 1
+        for w in range(len(WINDOWS_DAYS)):
+            total, length = values[i], int(values[i + 1])
+            pairs = values[i + 2 : i + 2 + 2 * length]
+            state.windows[w] = deque(zip(pairs[0::2], pairs[1::2], strict=True))
+            state.counts[w], state.sums[w] = length, total
+            i += 2 + 2 * length
+        self.customers[customer_id] = state
+
+    def export_terminal(self, terminal_id: str) -> bytes:
+        """One terminal's state as float64s: clock, waiting times, windows, pending and active frauds (heaps as is)."""
+        state = self.terminals[terminal_id]
+        values = [state.clock, float(len(state.waiting)), *state.waiting]
+        for window in state.windows:
+            values += [float(len(window)), *window]
+        values += [float(len(state.pending_frauds))] + [x for pair in state.pending_frauds for x in pair]
+        for active in state.active_frauds:
+            values += [float(len(active)), *active]
+        return np.asarray(values, dtype=np.float64).tobytes()
+
+    def import_terminal(self, terminal_id: str, data: bytes) -> None:
+        values = np.frombuffer(data, dtype=np.float64).tolist()
+
+        def take(i: int) -> tuple[list[float], int]:
+            length = int(values[i])
+            return values[i + 1 : i + 1 + length], i + 1 + length
+
+        state = _TerminalState(clock=values[0])
+        waiting, i = take(1)
+        state.waiting = deque(waiting)
+        for w in range(len(WINDOWS_DAYS)):
+            window, i = take(i)
+            state.windows[w] = deque(window)
+        length = int(values[i])
+        pairs = values[i + 1 : i + 1 + 2 * length]
+        state.pending_frauds = list(zip(pairs[0::2], pairs[1::2], strict=True))
+        i += 1 + 2 * length
+        for w in range(len(WINDOWS_DAYS)):
+            active, i = take(i)
+            state.active_frauds[w] = active
+        self.terminals[terminal_id] = state
 
     def run(
         self, customer_ids: Iterable[str], terminal_ids: Iterable[str], times: Iterable[float], amounts: Iterable[float]

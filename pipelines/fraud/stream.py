@@ -1,27 +1,44 @@
 """Fraud stream: replay a transaction file to Kafka, and the feature processor that consumes it.
 
 `replay_transactions` sends each transaction to `fraud.transactions` and each chargeback to `fraud.labels` at its
-label time, in event-time order, at a chosen rate. `FraudFeatureSink` is the processor's sink: it feeds the
-shared `FraudFeatureEngine` (the same code as the backfill), pushes the newest row per customer and terminal to
-the Feast online store and appends every row to the offline store, before the platform loop commits offsets.
+label time, in event-time order, keyed by customer, at a chosen rate.
+
+`FraudFeatureSink` is the processor, in two stages that any number of processes in one consumer group share:
+
+1. **customer stage** (partitions of `fraud.transactions` and `fraud.labels`, keyed by customer): each transaction
+   updates its customer's windows (`FraudFeatureEngine.customer_row`, the backfill's code); the row goes to Feast
+   online (newest per customer) and offline (every row). Transactions and chargebacks are forwarded to
+   `fraud.by-terminal`, keyed by terminal, with the watermark of each source partition (platform/repartition.py).
+2. **terminal stage** (partitions of `fraud.by-terminal`): events are released in event-time order once every
+   source partition has passed them, and update their terminal's delayed windows (`terminal_row`, `add_label`).
+
+State (customers, terminals, the ids seen, the watermarks) is checkpointed with the source positions after every
+batch (platform/state.py), so a killed processor resumes exactly where its state left off, and a rebalance moves
+a partition's state to its new reader. Redelivered transactions are recognised by id; a transaction the engine
+cannot take is rejected (dead-lettered) without touching the state.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from feature_repo.fraud import CUSTOMER_VIEW, TERMINAL_VIEW
-from pipelines.fraud.events import LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
-from pipelines.fraud.features import FraudFeatureEngine, backfill_features, feature_frames
+from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, TERMINAL_FEATURES, TERMINAL_VIEW
+from pipelines.fraud.events import BY_TERMINAL_TOPIC, LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
+from pipelines.fraud.features import FraudFeatureEngine, backfill_features
 from pipelines.platform.features import write_feature_rows
+from pipelines.platform.microbatch import Rejection
+from pipelines.platform.repartition import EventTimeBuffer, Forwarded, Forwarder, origin_name, partition_for
+from pipelines.platform.state import Checkpoint, Position, StateStore, TopicPartitionKey
 from pipelines.platform.stream import Envelope, encode, send_at_rate
 from pipelines.settings import Settings
 
@@ -29,9 +46,12 @@ if TYPE_CHECKING:
     from feast import FeatureStore
     from kafka import KafkaProducer
 
-SCHEMAS: dict[str, type[BaseModel]] = {TRANSACTIONS_TOPIC: TransactionEvent, LABELS_TOPIC: LabelEvent}
-# How many recent ids to remember for dropping redelivered events (at-least-once delivery).
-DEDUPE_MEMORY = 2_000_000
+SOURCE_SCHEMAS: dict[str, type[BaseModel]] = {TRANSACTIONS_TOPIC: TransactionEvent, LABELS_TOPIC: LabelEvent}
+SCHEMAS: dict[str, type[BaseModel]] = {**SOURCE_SCHEMAS, BY_TERMINAL_TOPIC: Forwarded}
+# How many recent ids each partition remembers, to drop redelivered events (at-least-once delivery).
+DEDUPE_MEMORY = 500_000
+DEDUPE_COMMITS = 20_000  # and for how many batches the checkpoint keeps them (hours at a high rate)
+ORDER_LABEL, ORDER_TRANSACTION = 0, 1  # at equal times a chargeback counts before a payment, as in the backfill
 
 
 def replay_events(transactions: pd.DataFrame) -> pd.DataFrame:
@@ -75,9 +95,12 @@ def replay_transactions(
 class _RecentIds:
     """A bounded set of ids, oldest forgotten first."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int = DEDUPE_MEMORY) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
 
     def add(self, key: str) -> bool:
         """Remember `key`; False if it was already known."""
@@ -96,69 +119,303 @@ class SinkStats:
     duplicates: int = 0
     online_rows: int = 0
     offline_rows: int = 0
+    terminal_rows: int = 0
+    late: int = 0  # released after later events (an idle source partition woke up)
     freshness_ms: list[float] = field(default_factory=list)
 
 
-class FraudFeatureSink:
-    """Engine update → Feast online push → offline append, per micro-batch."""
+@dataclass
+class _Customer:
+    envelope: Envelope
+    event: TransactionEvent
+    row: tuple
 
-    def __init__(self, settings: Settings, store: FeatureStore, engine: FraudFeatureEngine) -> None:
+
+class FraudFeatureSink:
+    """Both stages of the fraud feature processor (see the module docstring): the platform loop's stateful sink.
+
+    Without a `forwarder` (one process fed directly, as in unit tests) the stages run in one step: chargebacks go
+    straight to their terminal and terminal rows follow arrival order.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: FeatureStore,
+        engine: FraudFeatureEngine,
+        forwarder: Forwarder | None = None,
+        buffer: EventTimeBuffer | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
-        self.seen_tx = _RecentIds(DEDUPE_MEMORY)
-        self.seen_labels = _RecentIds(DEDUPE_MEMORY)
+        self.forwarder = forwarder
+        self.buffer = buffer or EventTimeBuffer(BY_TERMINAL_TOPIC, [])
+        self.seen: dict[TopicPartitionKey, _RecentIds] = {}  # partition → event ids already counted
+        self.parts: dict[tuple[str, int, str], int] = {}  # (topic, partition, view) → next offline part number
+        self.caught_up: set[TopicPartitionKey] = set()
+        self.owned: set[TopicPartitionKey] = set()
+        self.commit_seq = 0  # of the last checkpoint, to age the remembered ids
+        self.home: dict[tuple[str, str], TopicPartitionKey] = {}  # (kind, entity) → the partition its state lives in
+        self._dirty: set[tuple[str, int, str, str]] = set()
         self.stats = SinkStats()
 
-    def __call__(self, batch: list[Envelope]) -> None:
-        transactions: list[TransactionEvent] = []
-        produced_ms: list[int] = []
+    # -- one batch
+
+    def __call__(self, batch: list[Envelope]) -> list[Rejection]:
+        rejected: list[Rejection] = []
+        customers: list[_Customer] = []
         for envelope in batch:
             event = envelope.event
-            if isinstance(event, LabelEvent):
-                if event.is_fraud and self.seen_labels.add(event.transaction_id):
-                    self.engine.add_label(
-                        event.terminal_id, event.timestamp.timestamp(), event.label_timestamp.timestamp()
-                    )
-                    self.stats.labels += 1
+            if isinstance(event, Forwarded):
+                self.buffer.add(envelope)
+            elif isinstance(event, LabelEvent):
+                if event.is_fraud:
+                    self._label(envelope, event)
             elif isinstance(event, TransactionEvent):
-                if self.seen_tx.add(event.transaction_id):
-                    transactions.append(event)
-                    produced_ms.append(envelope.produced_ms)
-                else:
+                seen = self._seen((envelope.topic, envelope.partition))
+                if event.transaction_id in seen:
                     self.stats.duplicates += 1
-        if not transactions:
+                    continue
+                try:
+                    row = self.engine.customer_row(event.customer_id, event.timestamp.timestamp(), event.amount)
+                except Exception as exc:  # this event only: dead-lettered, the rest of the batch goes on
+                    rejected.append(Rejection(envelope, f"processing: {type(exc).__name__}: {exc}"))
+                    continue
+                seen.add(event.transaction_id)
+                self._touch(envelope, "seen", event.transaction_id)
+                self._touch(envelope, "customer", event.customer_id)
+                self.home[("customer", event.customer_id)] = (envelope.topic, envelope.partition)
+                customers.append(_Customer(envelope, event, row))
+        self._write_customers(customers)
+        if self.forwarder is not None:
+            self.forwarder.watermarks(self._origins(self.owned), self._origins(self.caught_up))
+        self._release()
+        return rejected
+
+    def tick(self, caught_up: set[TopicPartitionKey]) -> None:
+        """Every loop turn: a source partition read to its end may now be idle; tell the second stage."""
+        self.caught_up = caught_up
+        if self.forwarder is not None:
+            self.forwarder.watermarks(self._origins(self.owned), self._origins(caught_up))
+
+    def _label(self, envelope: Envelope, event: LabelEvent) -> None:
+        self.stats.labels += 1
+        tx_time, label_time = event.timestamp.timestamp(), event.label_timestamp.timestamp()
+        if self.forwarder is None:  # one step: the chargeback goes straight to its terminal
+            self.engine.add_label(event.terminal_id, tx_time, label_time)
+            self._terminal_home(TRANSACTIONS_TOPIC, envelope.partition, event.terminal_id)
             return
-        frame = pd.DataFrame(
-            {
-                "transaction_id": [t.transaction_id for t in transactions],
-                "timestamp": pd.to_datetime([t.timestamp for t in transactions], utc=True),
-                "customer_id": [t.customer_id for t in transactions],
-                "terminal_id": [t.terminal_id for t in transactions],
-                "amount": [t.amount for t in transactions],
-            }
+        origin = origin_name(envelope.topic, envelope.partition)
+        self.forwarder.forward(
+            event.terminal_id,
+            origin,
+            event.label_timestamp,
+            ORDER_LABEL,
+            f"L:{event.transaction_id}",
+            {"terminal_id": event.terminal_id, "tx_time": tx_time},
         )
-        customer_rows, terminal_rows = self.engine.run(
-            frame["customer_id"].tolist(),
-            frame["terminal_id"].tolist(),
-            [t.timestamp.timestamp() for t in transactions],
-            frame["amount"].tolist(),
-        )
-        customers, terminals = feature_frames(frame, customer_rows, terminal_rows)
-        online, offline = write_feature_rows(
-            self.settings,
-            self.store,
-            [(CUSTOMER_VIEW, "customer_id", customers), (TERMINAL_VIEW, "terminal_id", terminals)],
-        )
+        self._touch(envelope, "newest", origin)
+
+    def _write_customers(self, customers: list[_Customer]) -> None:
+        if not customers:
+            return
+        rows = pd.DataFrame([c.row for c in customers], columns=CUSTOMER_FEATURES)
+        rows.insert(0, "customer_id", [c.event.customer_id for c in customers])
+        rows.insert(1, "event_timestamp", pd.to_datetime([c.event.timestamp for c in customers], utc=True))
+        partitions = np.asarray([c.envelope.partition for c in customers])
+        for partition in sorted(set(partitions.tolist())):
+            self._write(TRANSACTIONS_TOPIC, partition, CUSTOMER_VIEW, "customer_id", rows[partitions == partition])
+        self.stats.transactions += len(customers)
         readable_ms = time.time() * 1000
-        self.stats.transactions += len(transactions)
+        self.stats.freshness_ms.extend(readable_ms - np.asarray([c.envelope.produced_ms for c in customers], float))
+        if self.forwarder is None:  # one step: terminals in arrival order
+            self._terminals([(c.envelope.partition, c.event.terminal_id, c.event.timestamp) for c in customers])
+            return
+        for c in customers:
+            origin = origin_name(c.envelope.topic, c.envelope.partition)
+            self.forwarder.forward(
+                c.event.terminal_id,
+                origin,
+                c.event.timestamp,
+                ORDER_TRANSACTION,
+                f"T:{c.event.transaction_id}",
+                {"terminal_id": c.event.terminal_id},
+            )
+            self._touch(c.envelope, "newest", origin)
+
+    def _release(self) -> None:
+        """The second stage: every event the watermark has passed, in event-time order."""
+        items = []
+        for partition, record in self.buffer.release():
+            assert record.at is not None
+            terminal_id = str(record.payload["terminal_id"])
+            key = (BY_TERMINAL_TOPIC, partition)
+            self._dirty.add((*key, "seen", record.id))
+            if record.order == ORDER_LABEL:
+                self.engine.add_label(terminal_id, float(record.payload["tx_time"]), record.at.timestamp())
+                self._terminal_home(*key, terminal_id)
+            else:
+                items.append((partition, terminal_id, record.at))
+        self.stats.late = self.buffer.late
+        self.stats.duplicates += self.buffer.duplicates
+        self.buffer.duplicates = 0
+        self._terminals(items, BY_TERMINAL_TOPIC)
+
+    def _terminals(self, items: list[tuple[int, str, datetime]], topic: str = TRANSACTIONS_TOPIC) -> None:
+        if not items:
+            return
+        rows = [self.engine.terminal_row(terminal_id, at.timestamp()) for _, terminal_id, at in items]
+        frame = pd.DataFrame(rows, columns=TERMINAL_FEATURES)
+        frame.insert(0, "terminal_id", [terminal_id for _, terminal_id, _ in items])
+        frame.insert(1, "event_timestamp", pd.to_datetime([at for _, _, at in items], utc=True))
+        partitions = np.asarray([partition for partition, _, _ in items])
+        for partition, terminal_id, _ in items:
+            self._terminal_home(topic, partition, terminal_id)
+        for partition in sorted(set(partitions.tolist())):
+            self._write(topic, partition, TERMINAL_VIEW, "terminal_id", frame[partitions == partition])
+        self.stats.terminal_rows += len(items)
+
+    def _write(self, topic: str, partition: int, view: str, key: str, rows: pd.DataFrame) -> None:
+        """Online and offline, the offline part named by partition and number: a replayed batch rewrites it."""
+        number = self.parts.get((topic, partition, view), 0)
+        name = f"{topic}-p{partition}-{number:010d}"
+        online, offline = write_feature_rows(self.settings, self.store, [(view, key, rows)], {view: name})
+        self.parts[(topic, partition, view)] = number + 1
+        self._dirty.add((topic, partition, "parts", view))
         self.stats.online_rows += online
         self.stats.offline_rows += offline
-        self.stats.freshness_ms.extend(readable_ms - np.asarray(produced_ms, dtype=float))
+
+    # -- bookkeeping
+
+    def _terminal_home(self, topic: str, partition: int, terminal_id: str) -> None:
+        self._dirty.add((topic, partition, "terminal", terminal_id))
+        self.home[("terminal", terminal_id)] = (topic, partition)
+
+    def _seen(self, key: TopicPartitionKey) -> _RecentIds:
+        return self.seen.setdefault(key, _RecentIds())
+
+    def _touch(self, envelope: Envelope, kind: str, key: str) -> None:
+        self._dirty.add((envelope.topic, envelope.partition, kind, key))
+
+    @staticmethod
+    def _origins(partitions: set[TopicPartitionKey]) -> set[str]:
+        return {origin_name(t, p) for t, p in partitions if t in SOURCE_SCHEMAS}
+
+    # -- checkpoints (pipelines/platform/microbatch.py: StatefulSink)
+
+    def restore(self, checkpoint: Checkpoint, partitions: list[TopicPartitionKey]) -> None:
+        """The state of newly read partitions, as their checkpoint holds it."""
+        self._dirty = {d for d in self._dirty if (d[0], d[1]) not in set(partitions)}
+        for topic, partition in partitions:
+            key = (topic, partition)
+            self.owned.add(key)
+            for customer_id, data in checkpoint.of(topic, partition, "customer").items():
+                self.engine.import_customer(customer_id, data)
+                self.home[("customer", customer_id)] = key
+            for terminal_id, data in checkpoint.of(topic, partition, "terminal").items():
+                self.engine.import_terminal(terminal_id, data)
+                self.home[("terminal", terminal_id)] = key
+            seen = self.seen[key] = _RecentIds()
+            for event_id in checkpoint.of(topic, partition, "seen"):
+                seen.add(event_id)
+            for view, number in checkpoint.of(topic, partition, "parts").items():
+                self.parts[(topic, partition, view)] = int(number.decode())
+            if self.forwarder is not None:
+                for origin, newest in checkpoint.of(topic, partition, "newest").items():
+                    self.forwarder.newest[origin] = datetime.fromisoformat(newest.decode())
+            if topic == BY_TERMINAL_TOPIC:
+                self.buffer.seen[partition] = set(checkpoint.of(topic, partition, "seen"))
+                for origin, mark in checkpoint.of(topic, partition, "watermark").items():
+                    at, idle = json.loads(mark)
+                    known = self.buffer.marks.get(origin, (None, False))[0]
+                    value = datetime.fromisoformat(at) if at else None
+                    if known is None or (value is not None and value > known):
+                        self.buffer.marks[origin] = (value, bool(idle))
+                position = checkpoint.positions.get(key)
+                if position is not None:
+                    self.buffer.resume(partition, position)
+
+    def release(self, partitions: list[TopicPartitionKey]) -> None:
+        """Forget the state of partitions another processor reads now (it restores them from the checkpoint)."""
+        gone = set(partitions)
+        self.owned -= gone
+        for topic, partition in gone:
+            self.seen.pop((topic, partition), None)
+            self.parts = {k: v for k, v in self.parts.items() if (k[0], k[1]) != (topic, partition)}
+        self.buffer.release_partitions({p for t, p in gone if t == BY_TERMINAL_TOPIC})
+        if self.forwarder is not None:
+            self.forwarder.forget(self._origins(gone))
+        for (kind, entity), home in list(self.home.items()):
+            if home in gone:
+                (self.engine.customers if kind == "customer" else self.engine.terminals).pop(entity, None)
+                del self.home[(kind, entity)]
+        self._dirty = {d for d in self._dirty if (d[0], d[1]) not in gone}
+
+    def changes(self) -> tuple[dict[tuple[str, int, str, str], bytes | None], dict[tuple[str, int, str], int]]:
+        out: dict[tuple[str, int, str, str], bytes | None] = {}
+        for topic, partition, kind, key in self._dirty:
+            if kind == "customer":
+                value: bytes | None = self.engine.export_customer(key) if key in self.engine.customers else None
+            elif kind == "terminal":
+                value = self.engine.export_terminal(key) if key in self.engine.terminals else None
+            elif kind == "seen":
+                value = b""
+            elif kind == "parts":
+                value = str(self.parts.get((topic, partition, key), 0)).encode()
+            elif kind == "newest":
+                newest = self.forwarder.newest.get(key) if self.forwarder is not None else None
+                value = newest.isoformat().encode() if newest is not None else None
+            else:
+                continue
+            out[(topic, partition, kind, key)] = value
+        for origin, (at, idle) in self.buffer.marks.items():
+            for topic, partition in self.owned:
+                if topic == BY_TERMINAL_TOPIC:
+                    out[(topic, partition, "watermark", origin)] = json.dumps(
+                        [at.isoformat() if at else None, idle]
+                    ).encode()
+        self._dirty = set()
+        self.commit_seq += 1
+        forget = {
+            (t, p, "seen"): self.commit_seq - DEDUPE_COMMITS for t, p in self.owned if self.commit_seq > DEDUPE_COMMITS
+        }
+        return out, forget
+
+    def positions(self, consumed: dict[TopicPartitionKey, Position]) -> dict[TopicPartitionKey, Position]:
+        return self.buffer.hold_back(consumed)
+
+
+def _transactions_frame(events: list[TransactionEvent]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "transaction_id": [t.transaction_id for t in events],
+            "timestamp": pd.to_datetime([t.timestamp for t in events], utc=True),
+            "customer_id": [t.customer_id for t in events],
+            "terminal_id": [t.terminal_id for t in events],
+            "amount": [t.amount for t in events],
+        }
+    )
+
+
+def seed_state(
+    state: StateStore, history: pd.DataFrame, label_delay_days: float, source_partitions: int, repartitions: int
+) -> bool:
+    """Checkpoint the state a history file builds, once, for every partition it belongs to; False if the processor
+    already has state (then the history is not read again: the checkpoint is newer than any file)."""
+    engine = warm_engine(history, label_delay_days)
+    entries: dict[tuple[str, int, str, str], bytes] = {}
+    for customer_id in engine.customers:
+        partition = partition_for(customer_id, source_partitions)
+        entries[(TRANSACTIONS_TOPIC, partition, "customer", customer_id)] = engine.export_customer(customer_id)
+    for terminal_id in engine.terminals:
+        partition = partition_for(terminal_id, repartitions)
+        entries[(BY_TERMINAL_TOPIC, partition, "terminal", terminal_id)] = engine.export_terminal(terminal_id)
+    return state.seed(entries)
 
 
 def warm_engine(history: pd.DataFrame | None, label_delay_days: float) -> FraudFeatureEngine:
-    """Rebuild window state from history (the engine keeps state in memory), so live rows continue it."""
+    """Window state rebuilt from a history file: a first start with no checkpoint continues from it."""
     engine = FraudFeatureEngine(label_delay_days)
     if history is not None and not history.empty:
         backfill_features(history, label_delay_days, engine=engine)

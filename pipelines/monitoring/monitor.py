@@ -414,13 +414,8 @@ def run_monitor(
     records, or once `max_windows` windows are evaluated and their labels have matured.
     """
     design = resolve_design(design)
-    from pipelines.platform.stream import (
-        ensure_topics,
-        make_consumer,
-        make_producer,
-        place_consumer,
-        run_micro_batches,
-    )
+    from pipelines.platform.microbatch import run_micro_batches
+    from pipelines.platform.stream import ensure_topics, make_consumer, make_producer, place_consumer
 
     spec = design.monitor(settings)
     ensure_topics(settings, monitor_topics(design, spec))

@@ -242,6 +242,7 @@ class Design:
     read_catalogue: Callable[[Path], pd.DataFrame] | None = None  # a catalogue file, for designs that have one
     demo: DemoSection | None = None
     scenarios: ScenarioSuite | None = None
+    drills: Callable[[], Any] | None = None  # its fault drills' DrillSpec (pipelines/platform/drills.py)
     service_port: Callable[[Settings], int] | None = None
 
     @property

@@ -22,3 +22,7 @@ class ServiceUnavailable(UserError):
 
 class PortInUse(UserError):
     """A port a process should listen on is taken."""
+
+
+class DependencyUnavailable(ServiceUnavailable):
+    """A store or service on the processing path failed (online store, state store, broker); the caller retries."""

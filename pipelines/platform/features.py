@@ -351,21 +351,35 @@ def latest_per_entity(rows: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def write_feature_rows(
-    settings: Settings, store: FeatureStore, views: list[tuple[str, str, pd.DataFrame]]
+    settings: Settings,
+    store: FeatureStore,
+    views: list[tuple[str, str, pd.DataFrame]],
+    part_names: dict[str, str] | None = None,
 ) -> tuple[int, int]:
     """A stream sink's write: the newest row per entity online, then every row offline, for each (view, key, rows).
 
-    Returns (online rows, offline rows). Online first, so a row is servable as early as possible; both writes are
-    idempotent (overwrite by entity; offline duplicates of a replayed batch share their timestamps).
+    Returns (online rows, offline rows). Online first, so a row is servable as early as possible. Both writes are
+    idempotent: online rows overwrite by entity, and an offline part named in `part_names` (view → name) replaces
+    the part a crashed attempt at the same batch left. A store that fails raises `DependencyUnavailable`, so the
+    stream loop retries instead of dead-lettering the events.
     """
+    from pipelines.platform.errors import DependencyUnavailable
+
     online = offline = 0
-    newest = [(view, key, latest_per_entity(rows, key)) for view, key, rows in views]
-    for view, key, rows in newest:
-        write_online_fast(store, view, key, rows)
-        online += len(rows)
-    for view, _key, rows in views:
-        append_offline(settings, view, rows)
-        offline += len(rows)
+    try:
+        newest = [(view, key, latest_per_entity(rows, key)) for view, key, rows in views]
+        for view, key, rows in newest:
+            write_online_fast(store, view, key, rows)
+            online += len(rows)
+        for view, _key, rows in views:
+            append_offline(settings, view, rows, (part_names or {}).get(view))
+            offline += len(rows)
+    except (OSError, sqlite3.Error) as exc:
+        raise DependencyUnavailable(f"The feature store refused a write ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            raise DependencyUnavailable(f"The Redis online store refused a write ({exc})") from exc
+        raise
     return online, offline
 
 

@@ -7,10 +7,11 @@ model version and variant, latency), the monitor reads it in windows and joins t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.platform.events import EntityId, EventTime
 
 ALERTS_TOPIC = "monitoring.alerts"
 
@@ -20,10 +21,6 @@ Variant = Literal["champion", "challenger"]
 def predictions_topic(design: str) -> str:
     """`<design>.predictions`: where a design's services log every prediction."""
     return f"{design}.predictions"
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class PredictionRecord(BaseModel):
@@ -37,9 +34,9 @@ class PredictionRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     design: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    request_id: str = Field(min_length=1, max_length=64)
-    entity_id: str = Field(min_length=1, max_length=64)  # transaction_id (fraud) or user_id (recsys)
-    timestamp: datetime  # event time of the request (the transaction's time; the request time for recsys)
+    request_id: EntityId
+    entity_id: EntityId  # transaction_id (fraud) or user_id (recsys)
+    timestamp: EventTime  # event time of the request (the transaction's time; the request time for recsys)
     model_name: str
     model_version: str
     variant: Variant = "champion"
@@ -49,5 +46,3 @@ class PredictionRecord(BaseModel):
     decision: str  # approve | review | decline (fraud); "recommend" (recsys)
     items: list[str] = Field(default_factory=list)  # recommended item ids, best first (recsys)
     latency_ms: float
-
-    _utc_timestamp = field_validator("timestamp")(_utc)

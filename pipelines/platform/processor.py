@@ -1,5 +1,5 @@
-"""A design's feature processor as a command: the platform's micro-batch loop with progress lines, an optional
-Prometheus endpoint and a JSON summary at the end."""
+"""A design's feature processor as a command: the platform's micro-batch loop (checkpointed when a state store is
+given), progress lines, an optional Prometheus endpoint and a JSON summary at the end."""
 
 from __future__ import annotations
 
@@ -12,26 +12,48 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipelines.platform.console import console, write_json_out
+from pipelines.platform.microbatch import LoopConfig, MicroBatchLoop
+from pipelines.platform.state import StateStore
+from pipelines.platform.stream import EventLimits
 from pipelines.settings import Settings
+
+
+def loop_config(settings: Settings, idle_stop: float | None = None, max_events: int | None = None) -> LoopConfig:
+    """The loop's batch size and timing, event limits and dead-letter copy size, from Settings."""
+    return LoopConfig(
+        batch_size=settings.stream_batch_size,
+        batch_ms=settings.stream_batch_ms,
+        limits=EventLimits.from_settings(settings),
+        max_lateness_s=settings.stream_max_lateness_days * 86_400,
+        dlq_copy_bytes=settings.stream_dlq_copy_bytes,
+        idle_stop_s=idle_stop,
+        max_events=max_events,
+    )
 
 
 def run_feature_processor(
     settings: Settings,
     design: str,
     schemas: dict[str, type[BaseModel]],
-    sink: Any,
+    make_sink: Callable[[Any], Any],
     group: str,
     idle_stop: float | None,
     max_events: int | None,
     json_out: Path | None,
     sink_figures: Callable[[], dict[str, Any]],
     metrics_port: int | None = None,
+    store: StateStore | None = None,
 ) -> dict[str, Any]:
     """Consume `schemas`' topics in group `group` into `sink` until stopped; print and return the figures.
 
-    With `metrics_port`, Prometheus metrics (processor label = design) and /healthz are served while it runs.
+    `make_sink` builds the sink from the loop's producer (a sink that sends records, e.g. to a repartition topic,
+    sends them with the producer the loop flushes before each checkpoint). With a
+    `store`, a stateful sink is checkpointed with the source positions. With `metrics_port`, Prometheus metrics
+    (processor label = design) and /healthz are served while it runs.
     """
-    from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
+    from kafka import ConsumerRebalanceListener
+
+    from pipelines.platform.stream import make_consumer, make_producer, stale_positions
 
     def report(stats: Any, _size: int) -> None:
         if stats.batches % 20 == 0:
@@ -46,27 +68,40 @@ def run_feature_processor(
             server = start_metrics_server(metrics_port, metrics.registry, settings.metrics_host, health=metrics.health)
             cleanup.callback(server.stop)
             console.print(f"metrics on {server.url}/metrics, health on {server.url}/healthz")
-        consumer = make_consumer(settings, list(schemas), group)
+        holder: dict[str, MicroBatchLoop] = {}
+
+        class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                holder["loop"].revoked(list(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                holder["loop"].assigned(list(assigned))
+
+        consumer = make_consumer(settings, list(schemas), group, listener=Rebalance())
         cleanup.callback(consumer.close)
         producer = make_producer(settings)
         cleanup.callback(producer.close)
-        console.print(f"{design} feature processor consuming {', '.join(schemas)} (group {group}); Ctrl-C stops it")
-        stats = run_micro_batches(
+        the_sink = make_sink(producer)
+        loop = holder["loop"] = MicroBatchLoop(
             consumer,
             producer,
             schemas,
-            sink,
-            settings.stream_batch_size,
-            settings.stream_batch_ms,
-            idle_stop_s=idle_stop,
-            max_events=max_events,
+            the_sink,
+            loop_config(settings, idle_stop, max_events),
+            store=store,
+            verify_log=lambda positions: stale_positions(settings, positions),
             on_batch=report,
             metrics=metrics,
         )
+        console.print(f"{design} feature processor consuming {', '.join(schemas)} (group {group}); Ctrl-C stops it")
+        stats = loop.run()
     result = {
         "events": stats.processed,
         "dead_lettered": stats.dead_lettered,
         "dead_letter_reasons": stats.dead_letter_reasons,
+        "retries": stats.retries,
+        "isolated_batches": stats.isolated,
+        "log_resets": [f"{t}/{p}" for t, p in loop.resets],
         "seconds": round(stats.seconds, 3),
         "events_per_s": round(stats.rate, 1),
         **sink_figures(),

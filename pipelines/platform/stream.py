@@ -1,20 +1,21 @@
-"""Kafka I/O shared by every design: clients, topics, JSON serde, dead-letter topics and the micro-batch loop.
+"""Kafka I/O shared by every design: clients, topics, JSON serde with plausibility limits, dead-letter topics.
 
-The loop's contract is at-least-once: a batch's offsets are committed only after its sink write returned and its
-dead letters were flushed, so a crash replays the batch and idempotent sinks make the replay harmless.
+A dead letter keeps the original bytes and key as they arrived (truncated past `dlq_copy_bytes`, with the original
+size said), and says what failed in Kafka Connect's headers (`__connect.errors.*`: source topic, partition, offset,
+the reason), so a fixed event can be replayed as it was (`read_dead_letters`). The micro-batch loop that uses them
+is pipelines/platform/microbatch.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -70,8 +71,13 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**options)
 
 
-def make_consumer(settings: Settings, topics: Iterable[str], group_id: str, **overrides: Any) -> KafkaConsumer:
-    """A manual-commit consumer; short session timeouts make group joins take seconds, not tens of seconds."""
+def make_consumer(
+    settings: Settings, topics: Iterable[str], group_id: str, listener: Any = None, **overrides: Any
+) -> KafkaConsumer:
+    """A manual-commit consumer; short session timeouts make group joins take seconds, not tens of seconds.
+
+    `listener` (a kafka `ConsumerRebalanceListener`) hears of partitions assigned and revoked.
+    """
     from kafka import KafkaConsumer
 
     check_broker(settings.kafka_bootstrap)
@@ -88,28 +94,79 @@ def make_consumer(settings: Settings, topics: Iterable[str], group_id: str, **ov
     }
     options.update(overrides)
     consumer = KafkaConsumer(**options)
-    consumer.subscribe(list(topics))
+    if topics := list(topics):
+        consumer.subscribe(topics, listener=listener) if listener is not None else consumer.subscribe(topics)
     return consumer
 
 
-def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int = 1) -> list[str]:
-    """Create the topics that do not exist yet (the embedded broker does not auto-create); return the new ones."""
+def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int | Mapping[str, int] = 1) -> list[str]:
+    """Create the topics that do not exist yet (the embedded broker does not auto-create); return the new ones.
+
+    `partitions` is one count for all, or a count per topic (topics not named get 1).
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     check_broker(settings.kafka_bootstrap)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="mlsd-admin")
+
+    def count(topic: str) -> int:
+        return partitions if isinstance(partitions, int) else int(partitions.get(topic, 1))
+
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
-                admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
-                )
+                admin.create_topics([NewTopic(name=t, num_partitions=count(t), replication_factor=1) for t in missing])
         return missing
     finally:
         admin.close()
+
+
+def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions `topic` has on the broker (0 when it does not exist)."""
+    consumer = make_consumer(settings, [], group_id=None)  # type: ignore[arg-type]
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def stale_positions(settings: Settings, positions: Mapping[tuple[str, int], Any]) -> set[tuple[str, int]]:
+    """The stored positions whose log no longer holds the record they were taken after (a new log: the broker was
+    restarted and lost its topics, or the topic was recreated). `positions` map (topic, partition) → Position."""
+    from kafka import TopicPartition
+
+    from pipelines.platform.state import fingerprint
+
+    to_check = {key: pos for key, pos in positions.items() if pos.offset > 0}
+    if not to_check:
+        return set()
+    consumer = make_consumer(settings, [], group_id=None)  # type: ignore[arg-type]
+    stale: set[tuple[str, int]] = set()
+    try:
+        partitions = {key: TopicPartition(*key) for key in to_check}
+        ends = consumer.end_offsets(list(partitions.values()))
+        for key, tp in partitions.items():
+            position = to_check[key]
+            if max(ends.get(tp, 0), 0) < position.offset:
+                stale.add(key)
+                continue
+            if not position.fingerprint:
+                continue
+            consumer.assign([tp])  # one partition at a time: the poll below can only return its record
+            consumer.seek(tp, position.offset - 1)
+            found = None
+            deadline = time.monotonic() + 5
+            while found is None and time.monotonic() < deadline:
+                records = consumer.poll(timeout_ms=200, max_records=1).get(tp, [])
+                found = records[0] if records else None
+            if found is None or fingerprint(found.key, found.value) != position.fingerprint:
+                stale.add(key)
+    finally:
+        consumer.close()
+    return stale
 
 
 def end_offsets_lag(consumer: KafkaConsumer) -> int:
@@ -127,11 +184,15 @@ def end_offsets_lag(consumer: KafkaConsumer) -> int:
 
 @dataclass
 class Envelope:
-    """One decoded, validated event with where it came from."""
+    """One decoded, validated event with where it came from (enough to dead-letter it as it arrived)."""
 
     topic: str
     event: BaseModel
     produced_ms: int
+    partition: int = 0
+    offset: int = -1
+    key: bytes | None = None
+    value: bytes | None = None
 
 
 @dataclass
@@ -142,18 +203,42 @@ class LoopStats:
     batches: int = 0
     seconds: float = 0.0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    retries: int = 0  # batches retried after a dependency (online store, ...) failed
+    isolated: int = 0  # batches replayed one event at a time to find the event that broke them
 
     @property
     def rate(self) -> float:
         return self.processed / self.seconds if self.seconds else 0.0
 
+    def count_dead_letter(self, reason: str) -> None:
+        self.dead_lettered += 1
+        key = reason.split(":")[0]
+        self.dead_letter_reasons[key] = self.dead_letter_reasons.get(key, 0) + 1
 
-def decode(topic: str, value: bytes | None, schema: type[BaseModel]) -> BaseModel:
+
+@dataclass(frozen=True)
+class EventLimits:
+    """What a stream accepts: event size, how far ahead of now an event time may be (see platform/events.py)."""
+
+    max_bytes: int = 1_048_576
+    max_future_s: float = 86_400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventLimits:
+        return cls(settings.stream_max_event_bytes, settings.event_max_future_seconds)
+
+
+def decode(topic: str, value: bytes | None, schema: type[BaseModel], limits: EventLimits | None = None) -> BaseModel:
     """Parse and validate one message; raise ValueError with a short reason for the dead-letter topic."""
+    from pipelines.platform.events import event_context
+
+    limits = limits or EventLimits()
     if value is None:
         raise ValueError("empty message")
+    if len(value) > limits.max_bytes:
+        raise ValueError(f"size: {len(value):,} bytes is over the {limits.max_bytes:,}-byte event limit")
     try:
-        return schema.model_validate_json(value)
+        return schema.model_validate_json(value, context=event_context(limits.max_future_s))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "message"
@@ -162,121 +247,93 @@ def decode(topic: str, value: bytes | None, schema: type[BaseModel]) -> BaseMode
         raise ValueError(f"{where}: {first.get('msg', 'invalid')}") from None
 
 
-def dead_letter(producer: KafkaProducer, topic: str, value: bytes | None, reason: str, offset: int) -> None:
-    """Keep the original bytes with the reason, so nothing is lost and the event can be replayed after a fix."""
-    payload = {
-        "reason": reason,
-        "source_topic": topic,
-        "source_offset": offset,
-        "original": (value or b"").decode("utf-8", errors="replace"),
-        "failed_at": datetime.now().astimezone().isoformat(),
-    }
-    producer.send(topic + DLQ_SUFFIX, encode(payload))
+# Kafka Connect's dead-letter headers, so that tools that know them read ours.
+ERROR_HEADERS = (
+    "__connect.errors.topic",
+    "__connect.errors.partition",
+    "__connect.errors.offset",
+    "__connect.errors.exception.message",
+)
+DLQ_COPY_BYTES = 65_536
 
 
-class BatchObserver(Protocol):
-    """What the loop reports for metrics (pipelines/platform/metrics.py: StreamMetrics); it must not raise."""
-
-    def batch_committed(
-        self, consumer: KafkaConsumer, consumed: int, processed: int, dead_letters: dict[str, int], seconds: float
-    ) -> None: ...
-
-    def idle(self, consumer: KafkaConsumer) -> None: ...
-
-
-class _StopFlag:
-    def __init__(self) -> None:
-        self.stop = False
-
-    def __call__(self, *_: Any) -> None:
-        self.stop = True
-
-
-def run_micro_batches(
-    consumer: KafkaConsumer,
+def dead_letter(
     producer: KafkaProducer,
-    schemas: dict[str, type[BaseModel]],
-    sink: Callable[[list[Envelope]], None],
-    batch_size: int = 2000,
-    batch_ms: int = 200,
-    idle_stop_s: float | None = None,
-    max_events: int | None = None,
-    on_batch: Callable[[LoopStats, int], None] | None = None,
-    metrics: BatchObserver | None = None,
-) -> LoopStats:
-    """Poll → validate → sink(valid events) → dead-letter the rest → flush → commit, until stopped.
+    topic: str,
+    value: bytes | None,
+    reason: str,
+    offset: int,
+    partition: int = 0,
+    key: bytes | None = None,
+    copy_bytes: int = DLQ_COPY_BYTES,
+) -> None:
+    """Send the event as it arrived to `<topic>.dlq` with why it failed and where it came from.
 
-    A micro-batch closes at `batch_size` events or `batch_ms` after its oldest event was produced, whichever
-    comes first. Stops on SIGINT/SIGTERM, after `idle_stop_s` seconds without messages, or after `max_events` messages.
-    `metrics` hears of every committed batch (counts, dead letters by reason, seconds) and of every empty poll.
+    An event larger than `copy_bytes` keeps its first `copy_bytes` (and its size, and the source offset to fetch
+    it whole while the source topic retains it): the dead-letter copy must itself fit in a Kafka message.
     """
-    # One loop on purpose: the order poll → sink → dead letters → flush → commit is the at-least-once contract, and
-    # it reads best in one place.
-    stats = LoopStats()
-    flag = _StopFlag()
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # signals can only be set from the main thread
-            previous[sig] = signal.signal(sig, flag)
-    started = time.perf_counter()
-    last_message = time.monotonic()
+    original = value or b""
+    kept = original[:copy_bytes]
+    headers = [
+        ("__connect.errors.topic", topic.encode()),
+        ("__connect.errors.partition", str(partition).encode()),
+        ("__connect.errors.offset", str(offset).encode()),
+        ("__connect.errors.exception.message", reason[:1000].encode()),
+        ("mlsd.original.bytes", str(len(original)).encode()),
+        ("mlsd.truncated", b"true" if len(kept) < len(original) else b"false"),
+        ("mlsd.failed_at", datetime.now().astimezone().isoformat().encode()),
+    ]
+    producer.send(topic + DLQ_SUFFIX, kept, key=key, headers=headers)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered event, read back: its bytes and key as they arrived, and what failed."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    key: bytes | None
+    value: bytes
+    original_bytes: int
+    truncated: bool
+    failed_at: str
+    offset: int  # in the dead-letter topic
+
+
+def read_dead_letters(settings: Settings, topic: str, max_records: int | None = None) -> list[DeadLetter]:
+    """The dead letters of `topic` (its `.dlq`), oldest first."""
+    consumer = make_consumer(settings, [topic + DLQ_SUFFIX], group_id=None)  # type: ignore[arg-type]
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + 30
     try:
-        while not flag.stop:
-            polled = consumer.poll(timeout_ms=batch_ms, max_records=batch_size)
-            records = [r for batch in polled.values() for r in batch]
-            # A micro-batch closes `batch_ms` after its oldest event was produced: every batch costs a write per
-            # view (and an offline file) whatever its size, so a trickle is gathered before it is written, while
-            # events that already waited (a backlog, or arrivals during the previous batch) go at once.
-            waited = time.time() - min(record.timestamp for record in records) / 1000 if records else 0.0
-            until = time.monotonic() + min(max(batch_ms / 1000 - waited, 0.0), batch_ms / 1000)
-            while records and len(records) < batch_size and (left := until - time.monotonic()) > 0:
-                more = consumer.poll(timeout_ms=max(1, round(left * 1000)), max_records=batch_size - len(records))
-                records += [r for batch in more.values() for r in batch]
-            if not records:
-                if metrics is not None:
-                    metrics.idle(consumer)
-                if not consumer.assignment():  # still joining the group: idle time starts once partitions arrive
-                    last_message = time.monotonic()
-                elif idle_stop_s is not None and time.monotonic() - last_message > idle_stop_s:
-                    break
-                continue
-            last_message = time.monotonic()
-            batch_started = time.perf_counter()
-            if stats.batches == 0:
-                started = batch_started  # throughput counts from the first message, not from the join
-            valid: list[Envelope] = []
-            batch_reasons: dict[str, int] = {}
-            for record in records:
-                try:
-                    event = decode(record.topic, record.value, schemas[record.topic])
-                except ValueError as exc:
-                    reason = str(exc)
-                    dead_letter(producer, record.topic, record.value, reason, record.offset)
-                    stats.dead_lettered += 1
-                    key = reason.split(":")[0]
-                    stats.dead_letter_reasons[key] = stats.dead_letter_reasons.get(key, 0) + 1
-                    batch_reasons[key] = batch_reasons.get(key, 0) + 1
-                    continue
-                valid.append(Envelope(record.topic, event, record.timestamp))
-            if valid:
-                sink(valid)
-            producer.flush()
-            consumer.commit()
-            stats.consumed += len(records)
-            stats.processed += len(valid)
-            stats.batches += 1
-            stats.seconds = time.perf_counter() - started
-            if metrics is not None:
-                seconds = time.perf_counter() - batch_started
-                metrics.batch_committed(consumer, len(records), len(valid), batch_reasons, seconds)
-            if on_batch:
-                on_batch(stats, len(records))
-            if max_events is not None and stats.consumed >= max_events:
+        while max_records is None or len(letters) < max_records:
+            polled = consumer.poll(timeout_ms=500, max_records=5000)
+            for batch in polled.values():
+                for message in batch:
+                    headers = {name: value.decode(errors="replace") for name, value in message.headers or []}
+                    letters.append(
+                        DeadLetter(
+                            source_topic=headers.get("__connect.errors.topic", topic),
+                            source_partition=int(headers.get("__connect.errors.partition", "0")),
+                            source_offset=int(headers.get("__connect.errors.offset", "-1")),
+                            reason=headers.get("__connect.errors.exception.message", ""),
+                            key=message.key,
+                            value=message.value or b"",
+                            original_bytes=int(headers.get("mlsd.original.bytes", len(message.value or b""))),
+                            truncated=headers.get("mlsd.truncated") == "true",
+                            failed_at=headers.get("mlsd.failed_at", ""),
+                            offset=message.offset,
+                        )
+                    )
+            if consumer.assignment() and end_offsets_lag(consumer) == 0:
+                break
+            if not polled and time.monotonic() > deadline:
                 break
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return stats
+        consumer.close()
+    return letters[:max_records] if max_records is not None else letters
 
 
 def place_consumer(

@@ -123,7 +123,7 @@ def recsys_stream(
         s,
         "recsys",
         SCHEMAS,
-        sink,
+        lambda _producer: sink,
         group,
         idle_stop,
         None,

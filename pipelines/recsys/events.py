@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.platform.events import ID_PATTERN, Amount, EntityId, EventTime
 from pipelines.platform.stream import DLQ_SUFFIX
 
 INTERACTIONS_TOPIC = "recsys.interactions"
@@ -19,22 +20,16 @@ TOPICS = (
 )
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 class InteractionEvent(BaseModel):
     """A user acting on an item (view, click, purchase, rating); `weight` says how much it counts."""
 
     model_config = ConfigDict(extra="ignore")
 
-    user_id: str = Field(min_length=1, max_length=64)
-    item_id: str = Field(min_length=1, max_length=64)
-    timestamp: datetime
-    event_type: str = Field(default="interaction", max_length=32)
-    weight: float = Field(default=1.0, ge=0, le=1_000, allow_inf_nan=False)
-
-    _utc_timestamp = field_validator("timestamp")(_utc)
+    user_id: EntityId
+    item_id: EntityId
+    timestamp: EventTime
+    event_type: str = Field(default="interaction", max_length=32, pattern=ID_PATTERN)
+    weight: Amount = Field(default=1.0, ge=0, le=1_000)
 
 
 class ItemEvent(BaseModel):
@@ -42,8 +37,10 @@ class ItemEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    item_id: str = Field(min_length=1, max_length=64)
-    category: str = Field(default="unknown", min_length=1, max_length=64)
-    created_at: datetime
+    item_id: EntityId
+    category: EntityId = "unknown"
+    created_at: EventTime
 
-    _utc_created = field_validator("created_at")(_utc)
+    @property
+    def event_time(self) -> datetime:
+        return self.created_at

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer
 
 from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, FEATURE_SERVICE, TERMINAL_FEATURES, TERMINAL_VIEW
 from pipelines.designs import feature_definitions
@@ -15,7 +12,8 @@ from pipelines.fraud.events import TRANSACTIONS_TOPIC
 from pipelines.fraud.features import backfill_features
 from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, replay_events, replay_transactions, warm_engine
 from pipelines.platform.features import apply_feature_definitions, latest_per_entity, read_offline, read_online
-from pipelines.platform.stream import DLQ_SUFFIX, make_consumer, make_producer, run_micro_batches
+from pipelines.platform.microbatch import run_micro_batches
+from pipelines.platform.stream import make_consumer, make_producer, read_dead_letters
 from tests.conftest import group_at_end
 
 pytestmark = pytest.mark.integration
@@ -100,15 +98,7 @@ def test_streamed_features_equal_the_batch_backfill_online_and_offline(kafka_set
         rtol=1e-6,
     )
 
-    dead = KafkaConsumer(
-        TRANSACTIONS_TOPIC + DLQ_SUFFIX,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=2000,
-    )
-    reasons = [json.loads(m.value)["reason"] for m in dead]
-    dead.close()
+    reasons = [letter.reason for letter in read_dead_letters(settings, TRANSACTIONS_TOPIC)]
     assert "not valid JSON" in reasons
     assert any(r.startswith("amount:") for r in reasons)
     assert any(r.startswith("timestamp:") for r in reasons)

@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 from pipelines.platform.errors import PortInUse
 from pipelines.platform.infra import free_port
 from pipelines.platform.metrics import MetricsServer, StreamMetrics, start_metrics_server
-from pipelines.platform.stream import DLQ_SUFFIX, ensure_topics, make_consumer, make_producer, run_micro_batches
+from pipelines.platform.microbatch import run_micro_batches
+from pipelines.platform.stream import DLQ_SUFFIX, ensure_topics, make_consumer, make_producer
 from tests.conftest import unique
 
 
@@ -170,7 +171,12 @@ def test_the_feature_processor_serves_metrics_while_it_runs(kafka_settings) -> N
     written: list[str] = []
     runner = threading.Thread(
         target=run_feature_processor,
-        args=(kafka_settings, processor, {topic: Reading}, lambda b: written.extend(e.topic for e in b)),
+        args=(
+            kafka_settings,
+            processor,
+            {topic: Reading},
+            lambda _producer: lambda b: written.extend(e.topic for e in b),
+        ),
         kwargs={
             "group": unique("group"),
             "idle_stop": 4,

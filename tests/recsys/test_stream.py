@@ -7,7 +7,8 @@ import pytest
 from feature_repo.recsys import FEATURE_SERVICE, ITEM_VIEW, USER_VIEW
 from pipelines.designs import feature_definitions
 from pipelines.platform.features import apply_feature_definitions, latest_per_entity, read_offline, read_online
-from pipelines.platform.stream import make_consumer, make_producer, run_micro_batches
+from pipelines.platform.microbatch import run_micro_batches
+from pipelines.platform.stream import make_consumer, make_producer
 from pipelines.recsys.events import INTERACTIONS_TOPIC
 from pipelines.recsys.features import RecsysFeatureEngine, backfill_features
 from pipelines.recsys.stream import SCHEMAS, RecsysFeatureSink, replay_interactions, replay_records

@@ -306,6 +306,8 @@ class FraudFeatureSink:
 
     def restore(self, checkpoint: Checkpoint, partitions: list[TopicPartitionKey]) -> None:
         """The state of newly read partitions, as their checkpoint holds it."""
+        if self.forwarder is not None:
+            self.forwarder.rebalanced()
         self._dirty = {d for d in self._dirty if (d[0], d[1]) not in set(partitions)}
         for topic, partition in partitions:
             key = (topic, partition)
@@ -338,6 +340,8 @@ class FraudFeatureSink:
 
     def release(self, partitions: list[TopicPartitionKey]) -> None:
         """Forget the state of partitions another processor reads now (it restores them from the checkpoint)."""
+        if self.forwarder is not None:
+            self.forwarder.rebalanced()
         gone = set(partitions)
         self.owned -= gone
         for topic, partition in gone:

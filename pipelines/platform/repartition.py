@@ -72,6 +72,7 @@ class Forwarder:
         self.newest: dict[str, datetime] = {}  # origin → newest event time forwarded (part of the checkpoint)
         self._last_event: dict[str, float] = {}  # origin → when (monotonic) an event of it was last forwarded
         self._sent: dict[str, tuple[datetime | None, bool]] = {}  # origin → the last watermark sent
+        self._settled = float("-inf")  # when partitions last moved: quiet counts from there (no fetch ran between)
 
     def forward(self, key: str, origin: str, at: datetime, order: int, event_id: str, payload: dict[str, Any]) -> None:
         record = Forwarded(kind="event", origin=origin, at=at, id=event_id, order=order, payload=payload)
@@ -85,7 +86,7 @@ class Forwarder:
         sent = 0
         now = time.monotonic()
         for origin in sorted(owned):
-            quiet = now - self._last_event.get(origin, float("-inf")) > self.idle_ms / 1000
+            quiet = now - max(self._last_event.get(origin, float("-inf")), self._settled) > self.idle_ms / 1000
             mark = (self.newest.get(origin), origin in caught_up and quiet)
             if self._sent.get(origin) == mark:
                 continue
@@ -95,6 +96,10 @@ class Forwarder:
             self._sent[origin] = mark
             sent += 1
         return sent
+
+    def rebalanced(self) -> None:
+        """Partitions moved: nothing was fetched meanwhile, so no origin counts as quiet before `idle_ms` from now."""
+        self._settled = time.monotonic()
 
     def forget(self, origins: set[str]) -> None:
         """Origins this processor no longer reads: another one sends their watermarks now."""

@@ -1,0 +1,107 @@
+"""Event-time order after a repartition (pipelines/platform/repartition.py), pure: no broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipelines.platform.repartition import EventTimeBuffer, Forwarded, partition_for
+from pipelines.platform.state import Position, fingerprint
+from pipelines.platform.stream import Envelope, encode
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+ORIGINS = ["in/0", "in/1"]
+
+
+class Feed:
+    """Records of one repartition partition, with consecutive offsets, as the loop hands them to a sink."""
+
+    def __init__(self, buffer: EventTimeBuffer, partition: int = 0) -> None:
+        self.buffer, self.partition, self.offset = buffer, partition, 0
+
+    def send(self, record: Forwarded) -> None:
+        value = encode(record)
+        self.buffer.add(Envelope("by-key", record, 0, self.partition, self.offset, None, value))
+        self.offset += 1
+
+    def event(self, origin: str, minutes: float, event_id: str, order: int = 1) -> None:
+        self.send(Forwarded(kind="event", origin=origin, at=T0 + timedelta(minutes=minutes), id=event_id, order=order))
+
+    def mark(self, origin: str, minutes: float | None, idle: bool = False) -> None:
+        at = None if minutes is None else T0 + timedelta(minutes=minutes)
+        self.send(Forwarded(kind="watermark", origin=origin, at=at, idle=idle))
+
+
+def ids(released: list[tuple[int, Forwarded]]) -> list[str]:
+    return [record.id for _, record in released]
+
+
+def test_events_wait_until_every_origin_has_passed_them_then_come_in_event_time_order() -> None:
+    buffer = EventTimeBuffer("by-key", ORIGINS)
+    feed = Feed(buffer)
+    feed.event("in/0", 5, "a5")
+    feed.event("in/0", 1, "a1")  # out of order across a batch boundary
+    feed.mark("in/0", 5)
+    assert ids(buffer.release()) == []  # in/1 has not said where it is
+    feed.event("in/1", 3, "b3")
+    feed.mark("in/1", 3)
+    assert ids(buffer.release()) == ["a1"]  # strictly before 3: b3 waits, in/1 may still send another at 3
+    feed.event("in/1", 3, "b3-label", order=0)
+    feed.mark("in/1", 9)
+    assert ids(buffer.release()) == ["b3-label", "b3"]  # at equal times the lower order first; a5 ties in/0
+    feed.mark("in/0", 6)
+    assert ids(buffer.release()) == ["a5"]
+    assert buffer.late == 0
+
+
+def test_an_idle_origin_stops_holding_the_others_and_a_late_event_is_counted() -> None:
+    buffer = EventTimeBuffer("by-key", ORIGINS)
+    feed = Feed(buffer)
+    feed.event("in/0", 5, "a5")
+    feed.mark("in/0", 5)
+    feed.mark("in/1", None, idle=True)  # read to its end and quiet: no event of it is on its way
+    assert ids(buffer.release()) == []  # a5 ties with in/0's own watermark
+    feed.mark("in/0", 6, idle=True)
+    assert ids(buffer.release()) == ["a5"]  # every origin idle: everything goes
+    feed.event("in/1", 2, "b2")  # woke up behind what was released
+    feed.mark("in/1", 2)
+    feed.mark("in/0", 6, idle=True)
+    assert ids(buffer.release()) == [] and buffer.watermark() == T0 + timedelta(minutes=2)
+    feed.mark("in/1", 3, idle=True)
+    assert ids(buffer.release()) == ["b2"] and buffer.late == 1
+
+
+def test_released_ids_are_not_released_again_and_a_watermark_never_goes_back() -> None:
+    buffer = EventTimeBuffer("by-key", ORIGINS)
+    feed = Feed(buffer)
+    for origin in ORIGINS:
+        feed.mark(origin, 10)
+    feed.event("in/0", 1, "x")
+    assert ids(buffer.release()) == ["x"]
+    feed.event("in/0", 1, "x")  # the first stage forwarded it again after a crash
+    assert ids(buffer.release()) == [] and buffer.duplicates == 1
+    feed.mark("in/0", 4)  # a restarted first stage reports an older watermark
+    assert buffer.marks["in/0"][0] == T0 + timedelta(minutes=10)
+
+
+def test_a_checkpoint_never_passes_an_event_still_held() -> None:
+    buffer = EventTimeBuffer("by-key", ORIGINS)
+    feed = Feed(buffer, partition=3)
+    feed.mark("in/0", 1)  # offset 0
+    feed.event("in/0", 2, "held")  # offset 1: held, in/1 is unknown
+    feed.mark("in/0", 4)  # offset 2
+    consumed = {("by-key", 3): Position(3, "whatever")}
+    before_held = fingerprint(None, encode(Forwarded(kind="watermark", origin="in/0", at=T0 + timedelta(minutes=1))))
+    assert buffer.hold_back(consumed) == {("by-key", 3): Position(1, before_held)}
+    feed.mark("in/1", 5)
+    assert ids(buffer.release()) == ["held"]
+    assert buffer.hold_back(consumed) == consumed
+
+
+def test_keys_are_spread_over_every_partition_and_always_to_the_same_one() -> None:
+    spread = [partition_for(f"C{i:05d}", 4) for i in range(1000)]
+    assert set(spread) == {0, 1, 2, 3} and min(spread.count(p) for p in range(4)) > 150
+    assert spread == [partition_for(f"C{i:05d}", 4) for i in range(1000)]

@@ -57,10 +57,7 @@ def prepare(settings: Settings, size: int, seed: int, folder: Path, halves: bool
 
 
 def processor(data: DrillData, group: str, summary: Path) -> list[str]:
-    return ["fraud", "stream", "--history", str(data.history), "--group", group, "--json-out", str(summary)] + [
-        "--idle-stop",
-        "8",
-    ]
+    return ["fraud", "stream", "--history", str(data.history), "--group", group, "--json-out", str(summary)]
 
 
 def replay(path: Path, rate: float) -> list[str]:

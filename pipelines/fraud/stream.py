@@ -153,7 +153,6 @@ class FraudFeatureSink:
         self.buffer = buffer or EventTimeBuffer(BY_TERMINAL_TOPIC, [])
         self.seen: dict[TopicPartitionKey, _RecentIds] = {}  # partition → event ids already counted
         self.parts: dict[tuple[str, int, str], int] = {}  # (topic, partition, view) → next offline part number
-        self.caught_up: set[TopicPartitionKey] = set()
         self.owned: set[TopicPartitionKey] = set()
         self.commit_seq = 0  # of the last checkpoint, to age the remembered ids
         self.home: dict[tuple[str, str], TopicPartitionKey] = {}  # (kind, entity) → the partition its state lives in
@@ -189,13 +188,12 @@ class FraudFeatureSink:
                 customers.append(_Customer(envelope, event, row))
         self._write_customers(customers)
         if self.forwarder is not None:
-            self.forwarder.watermarks(self._origins(self.owned), self._origins(self.caught_up))
+            self.forwarder.watermarks(self._origins(self.owned))
         self._release()
         return rejected
 
     def tick(self, caught_up: set[TopicPartitionKey]) -> None:
-        """Every loop turn: a source partition read to its end may now be idle; tell the second stage."""
-        self.caught_up = caught_up
+        """After every poll: source partitions read to their end for long enough are idle; tell the second stage."""
         if self.forwarder is not None:
             self.forwarder.watermarks(self._origins(self.owned), self._origins(caught_up))
 

@@ -11,8 +11,8 @@ here starts, kills and restarts the processes:
 - `broker-restart`: the embedded broker (in memory) restarted between two halves of the replay: topics come back
   empty and every committed offset is gone.
 
-Every scenario ends when the processors have read everything (they stop after `idle_s` without events) and then
-compares every online and offline row with the backfill of the same events.
+Every scenario ends when the processors have read everything (the group checkpointed nothing for `idle_s`, longer
+than a rebalance takes; then each is stopped with SIGTERM and writes its summary) and then compares every online and offline row with the backfill of the same events.
 """
 
 from __future__ import annotations
@@ -101,21 +101,35 @@ class Fleet:
         self.started[name] = process.pid
         return process
 
-    def kill(self, name: str) -> None:
-        os.killpg(self.started[name], signal.SIGKILL)
+    def kill(self, name: str) -> bool:
+        """SIGKILL `name`'s process group; False if it had already exited."""
+        try:
+            os.killpg(self.started[name], signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
 
     def stop(self, name: str) -> None:
         from pipelines.platform.infra import stop_process
 
         stop_process(self.settings, name)
 
-    def wait_all(self, timeout_s: float) -> int:
-        """Wait for every processor to stop on its own (idle); returns how many exited with an error."""
+    def drain(self, quiet_s: float, timeout_s: float) -> int:
+        """Wait until the group has checkpointed nothing for `quiet_s` (everything read), stop every processor
+        (SIGTERM: each writes its summary) and return how many exited with an error on their own."""
         from pipelines.platform.infra import running
 
         deadline = time.monotonic() + timeout_s
-        while any(running(self.settings, name) for name in self.started) and time.monotonic() < deadline:
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline and any(running(self.settings, name) for name in self.started):
+            commit = _latest_commit(self.settings, self.group)
+            if commit != last:
+                last, since = commit, time.monotonic()
+            elif time.monotonic() - since > quiet_s:
+                break
             time.sleep(0.5)
+        for name in list(self.started):
+            self.stop(name)
         errors = 0
         for name in self.started:
             log = self.settings.run_dir / f"{name}.log"
@@ -193,7 +207,7 @@ def run_drill(
     kills: int = 3,
     rate: float = 1_000.0,
     seed: int = 7,
-    idle_s: float = 8.0,
+    idle_s: float = 15.0,
     say: Callable[[str], None] | None = None,
 ) -> DrillResult:
     """One drill end to end (see the module docstring); the result is also written as JSON under the drill's home."""
@@ -233,9 +247,7 @@ def run_drill(
         if scenario == "broker-restart":
             _broker_restart(s, spec, fleet, data, rate, env, result, say, topics)
         say("waiting for the processors to read everything")
-        result.crashes = fleet.wait_all(timeout_s=600 + idle_s)
-        for name in list(fleet.started):
-            stop_process(s, name)
+        result.crashes = fleet.drain(quiet_s=idle_s, timeout_s=900)
         result.seconds = round(time.monotonic() - started, 1)
         result.sent = data.live_events
         result.processed = _merge(fleet.summaries())
@@ -268,7 +280,8 @@ def _crash(
             say(f"the replay ended before kill {k + 1}")
             break
         name = rng.choice(list(names))
-        fleet.kill(name)
+        if not fleet.kill(name):
+            say(f"{name} had already exited")
         killed_at = time.monotonic()
         before = _latest_commit(settings, fleet.group)  # after the kill: no commit of the dead process counts
         say(f"kill {k + 1}: SIGKILL {name}")

@@ -6,8 +6,9 @@ What no single message can do here is stop the loop:
   bytes than the limit) is dead-lettered with its reason, as it arrived;
 - an event far behind the stream's newest one (`max_lateness_s`) is dead-lettered as too late;
 - an event the sink refuses (it returns `Rejection`s) is dead-lettered with the sink's reason;
-- an event whose processing raises is found by replaying its batch one event at a time from the last checkpoint,
-  and dead-lettered with the exception; the rest of the batch goes on.
+- an event whose processing raises is found by rewinding to the last checkpoint and reading its batch again one
+  event at a time, each checkpointed; the one that raises is dead-lettered with the exception, skipped when read
+  again, and the rest of the batch goes on.
 
 A dependency that fails (`DependencyUnavailable`: the online store, the state store) is not the events' fault: the
 loop restores the sink's state from the last checkpoint, waits (doubling up to 30 s) and reads the same events
@@ -131,6 +132,8 @@ class MicroBatchLoop:
         self.watermark: datetime | None = None
         self.resets: list[TopicPartitionKey] = []  # partitions whose log no longer matched their checkpoint
         self._backoff = 1.0
+        self._isolating: dict[TopicPartitionKey, int] = {}  # partition → last offset of a failed batch on it
+        self._poisoned: set[tuple[str, int, int]] = set()  # (topic, partition, offset) dead-lettered by the sink
 
     # -- partitions and checkpoints
 
@@ -149,6 +152,7 @@ class MicroBatchLoop:
             if key in stale:
                 log.warning("%s/%s no longer matches its checkpoint (broker restarted?): reading it anew", *key)
                 self.resets.append(key)
+                self._poisoned = {p for p in self._poisoned if p[:2] != key}  # its offsets name other records now
                 self.consumer.seek_to_beginning(tp)
             elif position is not None:
                 self.consumer.seek(tp, position.offset)
@@ -230,31 +234,38 @@ class MicroBatchLoop:
             e = rejection.envelope
             self._dead_letter(e.topic, e.value, rejection.reason, e.offset, e.partition, e.key)
 
-    def _isolate(self, valid: list[Envelope], error: Exception) -> None:
-        """Replay `valid` one event at a time from the last checkpoint; dead-letter the events that raise."""
+    def _start_isolation(self, records: list[Any], error: Exception) -> None:
+        """Back to the last checkpoint, to read the failed batch again one event at a time (`_one_at_a_time`)."""
         self.stats.isolated += 1
-        log.warning("a batch failed (%s: %s); replaying it one event at a time", type(error).__name__, error)
-        for envelope in valid:
+        log.warning("a batch failed (%s: %s); reading it again one event at a time", type(error).__name__, error)
+        for record in records:
+            key = (record.topic, record.partition)
+            self._isolating[key] = max(self._isolating.get(key, -1), record.offset)
+        self._rewind()
+
+    def _one_at_a_time(self, records: list[Any]) -> tuple[int, int]:
+        """Each record sunk and checkpointed alone; one that raises is dead-lettered, remembered (skipped when read
+        again) and the loop rewinds to the checkpoint just taken. Returns (consumed, processed)."""
+        consumed = processed = 0
+        for record in records:
+            key, at = (record.topic, record.partition), (record.topic, record.partition, record.offset)
+            valid = [] if at in self._poisoned else self._decode([record])[0]
             try:
-                self._sink([envelope])
+                if valid:
+                    self._sink(valid)
             except DependencyUnavailable:
                 raise
             except Exception as exc:  # this one event breaks the sink: it goes, the others stay
-                self._rewind_state_only()
                 reason = f"processing: {type(exc).__name__}: {exc}"
-                self._dead_letter(
-                    envelope.topic, envelope.value, reason, envelope.offset, envelope.partition, envelope.key
-                )
-                continue
-            self._checkpoint([envelope])
-
-    def _rewind_state_only(self) -> None:
-        if self.stateful:
-            assigned = list(self.consumer.assignment())
-            keys = [(tp.topic, tp.partition) for tp in assigned]
-            assert self.store is not None
-            self.sink.release(keys)  # type: ignore[attr-defined]
-            self.sink.restore(self.store.load(keys), keys)  # type: ignore[attr-defined]
+                self._dead_letter(record.topic, record.value, reason, record.offset, record.partition, record.key)
+                self._poisoned.add(at)
+                self._rewind()
+                return consumed, processed
+            self._checkpoint([record])
+            consumed, processed = consumed + 1, processed + len(valid)
+            if record.offset >= self._isolating.get(key, -1):
+                self._isolating.pop(key, None)
+        return consumed, processed
 
     def _checkpoint(self, records: list[Any]) -> None:
         """Flush what the batch sent, then write state + positions (one transaction), then commit the offsets."""
@@ -282,11 +293,15 @@ class MicroBatchLoop:
     def _batch(self, records: list[Any]) -> None:
         started = time.perf_counter()
         before_dead = dict(self.stats.dead_letter_reasons)
-        valid, _ = self._decode(records)
         try:
-            if valid:
-                self._sink(valid)
-            self._checkpoint(records)
+            if self._isolating:
+                consumed, processed = self._one_at_a_time(records)
+            else:
+                valid = [e for e in self._decode(records)[0] if (e.topic, e.partition, e.offset) not in self._poisoned]
+                if valid:
+                    self._sink(valid)
+                self._checkpoint(records)
+                consumed, processed = len(records), len(valid)
         except DependencyUnavailable as exc:
             self.stats.retries += 1
             log.warning("%s; retrying in %.0f s from the last checkpoint", exc, self._backoff)
@@ -295,24 +310,23 @@ class MicroBatchLoop:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
             return
         except Exception as exc:
-            self._rewind_state_only()
-            self._isolate(valid, exc)
-            self._checkpoint(records)
+            self._start_isolation(records, exc)
+            return
         self._backoff = 1.0
-        self.stats.consumed += len(records)
-        self.stats.processed += len(valid)
+        self.stats.consumed += consumed
+        self.stats.processed += processed
         self.stats.batches += 1
         if self.metrics is not None:
             reasons = {k: v - before_dead.get(k, 0) for k, v in self.stats.dead_letter_reasons.items()}
             self.metrics.batch_committed(
                 self.consumer,
-                len(records),
-                len(valid),
+                consumed,
+                processed,
                 {k: v for k, v in reasons.items() if v},
                 time.perf_counter() - started,
             )
         if self.on_batch:
-            self.on_batch(self.stats, len(records))
+            self.on_batch(self.stats, consumed)
 
     # -- the loop
 
@@ -329,7 +343,7 @@ class MicroBatchLoop:
             while not flag.stop:
                 records = self._poll()
                 if tick is not None:
-                    tick(self._caught_up())
+                    tick(self._caught_up(records))
                 if not records:
                     if self.metrics is not None:
                         self.metrics.idle(self.consumer)
@@ -353,10 +367,13 @@ class MicroBatchLoop:
                 signal.signal(sig, handler)
         return self.stats
 
-    def _caught_up(self) -> set[TopicPartitionKey]:
-        """Partitions read to their high watermark (nothing waiting on them right now)."""
+    def _caught_up(self, records: list[Any]) -> set[TopicPartitionKey]:
+        """Partitions the poll returned nothing from and that are read to their high watermark."""
         out = set()
+        polled = {(r.topic, r.partition) for r in records}
         for tp in self.consumer.assignment():
+            if (tp.topic, tp.partition) in polled:
+                continue
             high = self.consumer.highwater(tp)
             position = self.consumer.position(tp) if high is not None else None
             if high is not None and position is not None and position >= high:

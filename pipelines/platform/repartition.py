@@ -70,24 +70,37 @@ class Forwarder:
     def __init__(self, producer: KafkaProducer, topic: str, partitions: int, idle_ms: int) -> None:
         self.producer, self.topic, self.partitions, self.idle_ms = producer, topic, partitions, idle_ms
         self.newest: dict[str, datetime] = {}  # origin → newest event time forwarded (part of the checkpoint)
-        self._last_event: dict[str, float] = {}  # origin → when (monotonic) an event of it was last forwarded
         self._sent: dict[str, tuple[datetime | None, bool]] = {}  # origin → the last watermark sent
-        self._settled = float("-inf")  # when partitions last moved: quiet counts from there (no fetch ran between)
+        # origin → since when (monotonic) every poll found it read to its end. Only polls count: while the loop
+        # is busy elsewhere nobody looks, so a gap longer than half of `idle_ms` between polls starts over.
+        self._caught_up_since: dict[str, float] = {}
+        self._last_look = float("-inf")
 
     def forward(self, key: str, origin: str, at: datetime, order: int, event_id: str, payload: dict[str, Any]) -> None:
         record = Forwarded(kind="event", origin=origin, at=at, id=event_id, order=order, payload=payload)
         self.producer.send(self.topic, encode(record), key=key.encode())
         if origin not in self.newest or at > self.newest[origin]:
             self.newest[origin] = at
-        self._last_event[origin] = time.monotonic()
+        self._caught_up_since.pop(origin, None)
 
-    def watermarks(self, owned: set[str], caught_up: set[str]) -> int:
-        """Send each owned origin's watermark to every repartition partition when it changed; returns how many."""
+    def watermarks(self, owned: set[str], caught_up: set[str] | None = None) -> int:
+        """Send each owned origin's watermark to every repartition partition when it changed; returns how many.
+
+        `caught_up`: the origins the last poll found read to their end (None: no poll since the last call)."""
         sent = 0
         now = time.monotonic()
+        if caught_up is not None:
+            if now - self._last_look > self.idle_ms / 2000:
+                self._caught_up_since.clear()
+            self._last_look = now
+            for origin in owned:
+                if origin in caught_up:
+                    self._caught_up_since.setdefault(origin, now)
+                else:
+                    self._caught_up_since.pop(origin, None)
         for origin in sorted(owned):
-            quiet = now - max(self._last_event.get(origin, float("-inf")), self._settled) > self.idle_ms / 1000
-            mark = (self.newest.get(origin), origin in caught_up and quiet)
+            idle = now - self._caught_up_since.get(origin, now) > self.idle_ms / 1000
+            mark = (self.newest.get(origin), idle)
             if self._sent.get(origin) == mark:
                 continue
             record = encode(Forwarded(kind="watermark", origin=origin, at=mark[0], idle=mark[1]))
@@ -98,15 +111,15 @@ class Forwarder:
         return sent
 
     def rebalanced(self) -> None:
-        """Partitions moved: nothing was fetched meanwhile, so no origin counts as quiet before `idle_ms` from now."""
-        self._settled = time.monotonic()
+        """Partitions moved: what was read to its end must be seen so again, for `idle_ms`, to count as quiet."""
+        self._caught_up_since.clear()
 
     def forget(self, origins: set[str]) -> None:
         """Origins this processor no longer reads: another one sends their watermarks now."""
         for origin in origins:
             self.newest.pop(origin, None)
             self._sent.pop(origin, None)
-            self._last_event.pop(origin, None)
+            self._caught_up_since.pop(origin, None)
 
 
 @dataclass(order=True)

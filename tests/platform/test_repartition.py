@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipelines.platform.repartition import EventTimeBuffer, Forwarded, partition_for
+from pipelines.platform.repartition import EventTimeBuffer, Forwarded, Forwarder, partition_for
 from pipelines.platform.state import Position, fingerprint
 from pipelines.platform.stream import Envelope, encode
 
@@ -105,3 +106,38 @@ def test_keys_are_spread_over_every_partition_and_always_to_the_same_one() -> No
     spread = [partition_for(f"C{i:05d}", 4) for i in range(1000)]
     assert set(spread) == {0, 1, 2, 3} and min(spread.count(p) for p in range(4)) > 150
     assert spread == [partition_for(f"C{i:05d}", 4) for i in range(1000)]
+
+
+class _Sent:
+    """Records what a Forwarder sends (the producer's side of it is Kafka's; here only the watermarks matter)."""
+
+    def __init__(self) -> None:
+        self.records: list[Forwarded] = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        self.records.append(Forwarded.model_validate_json(value))
+
+
+def test_an_origin_is_idle_only_after_polls_found_it_read_to_its_end_for_idle_ms() -> None:
+    sent = _Sent()
+    forwarder = Forwarder(sent, "by-x", partitions=1, idle_ms=200)  # type: ignore[arg-type]
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    forwarder.forward("k", "in/0", at, 0, "a", {})
+
+    def idle_after_polls(seconds: float, every: float) -> bool:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            forwarder.watermarks({"in/0"}, {"in/0"})
+            time.sleep(every)
+        forwarder.watermarks({"in/0"}, {"in/0"})
+        return sent.records[-1].idle
+
+    assert not idle_after_polls(0.1, 0.02)  # read to its end, but not for long enough yet
+    assert idle_after_polls(0.2, 0.02)
+    forwarder.forward("k", "in/0", at, 0, "b", {})  # an event: busy again
+    forwarder.watermarks({"in/0"})
+    assert not sent.records[-1].idle
+    forwarder.watermarks({"in/0"}, {"in/0"})
+    time.sleep(0.3)  # the loop was busy elsewhere: nobody watched the origin meanwhile
+    forwarder.watermarks({"in/0"}, {"in/0"})
+    assert not sent.records[-1].idle

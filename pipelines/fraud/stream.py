@@ -325,13 +325,11 @@ class FraudFeatureSink:
                 for origin, newest in checkpoint.of(topic, partition, "newest").items():
                     self.forwarder.newest[origin] = datetime.fromisoformat(newest.decode())
             if topic == BY_TERMINAL_TOPIC:
-                self.buffer.seen[partition] = set(checkpoint.of(topic, partition, "seen"))
+                channel = self.buffer.channel(partition)
+                channel.seen = set(checkpoint.of(topic, partition, "seen"))
                 for origin, mark in checkpoint.of(topic, partition, "watermark").items():
                     at, idle = json.loads(mark)
-                    known = self.buffer.marks.get(origin, (None, False))[0]
-                    value = datetime.fromisoformat(at) if at else None
-                    if known is None or (value is not None and value > known):
-                        self.buffer.marks[origin] = (value, bool(idle))
+                    channel.mark(origin, datetime.fromisoformat(at) if at else None, bool(idle))
                 position = checkpoint.positions.get(key)
                 if position is not None:
                     self.buffer.resume(partition, position)
@@ -371,12 +369,11 @@ class FraudFeatureSink:
             else:
                 continue
             out[(topic, partition, kind, key)] = value
-        for origin, (at, idle) in self.buffer.marks.items():
-            for topic, partition in self.owned:
-                if topic == BY_TERMINAL_TOPIC:
-                    out[(topic, partition, "watermark", origin)] = json.dumps(
-                        [at.isoformat() if at else None, idle]
-                    ).encode()
+        for topic, partition in self.owned:
+            if topic == BY_TERMINAL_TOPIC:
+                for origin, (at, idle) in self.buffer.channel(partition).marks.items():
+                    mark = [at.isoformat() if at else None, idle]
+                    out[(topic, partition, "watermark", origin)] = json.dumps(mark).encode()
         self._dirty = set()
         self.commit_seq += 1
         forget = {

@@ -127,10 +127,27 @@ class _Held:
     at: datetime
     order: int
     id: str
-    partition: int = field(compare=False)
     offset: int = field(compare=False)
     before: str = field(compare=False)  # fingerprint of the record before it in its partition
     record: Forwarded = field(compare=False)
+
+
+@dataclass
+class Channel:
+    """One repartition partition as this processor reads it: its own watermarks (a watermark read here vouches
+    only for the events before it *in this partition*), its held events, the ids it released."""
+
+    marks: dict[str, tuple[datetime | None, bool]] = field(default_factory=dict)  # origin → (watermark, idle)
+    held: list[_Held] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # released ids (part of the checkpoint)
+    released: datetime | None = None  # the newest time released so far
+    last_fingerprint: str = ""  # of the last record read
+
+    def mark(self, origin: str, at: datetime | None, idle: bool) -> None:
+        previous = self.marks.get(origin, (None, False))[0]
+        if previous is not None and (at is None or at < previous):
+            at = previous  # a restarted first stage may send an older watermark: never go back
+        self.marks[origin] = (at, idle)
 
 
 class EventTimeBuffer:
@@ -139,43 +156,37 @@ class EventTimeBuffer:
     def __init__(self, topic: str, origins: list[str]) -> None:
         self.topic = topic
         self.origins = list(origins)
-        self.marks: dict[str, tuple[datetime | None, bool]] = {}  # origin → (watermark, idle)
-        self.held: list[_Held] = []
-        self.released: datetime | None = None  # the newest time released so far
+        self.channels: dict[int, Channel] = {}
         self.late = 0
         self.duplicates = 0
-        self.seen: dict[int, set[str]] = {}  # partition → released ids (part of the checkpoint)
-        self._last_fingerprint: dict[int, str] = {}
+
+    def channel(self, partition: int) -> Channel:
+        return self.channels.setdefault(partition, Channel())
 
     def resume(self, partition: int, position: Position) -> None:
         """Reading of `partition` restarts at `position`: the record before it is the one it fingerprints."""
-        self._last_fingerprint[partition] = position.fingerprint
+        self.channel(partition).last_fingerprint = position.fingerprint
 
     def add(self, envelope: Envelope) -> None:
         record = envelope.event
         assert isinstance(record, Forwarded)
-        before = self._last_fingerprint.get(envelope.partition, "")
-        self._last_fingerprint[envelope.partition] = fingerprint(envelope.key, envelope.value)
+        channel = self.channel(envelope.partition)
+        before, channel.last_fingerprint = channel.last_fingerprint, fingerprint(envelope.key, envelope.value)
         if record.kind == "watermark":
-            at, previous = record.at, self.marks.get(record.origin, (None, False))[0]
-            if previous is not None and (at is None or at < previous):
-                at = previous  # a restarted first stage may send an older watermark: never go back
-            self.marks[record.origin] = (at, record.idle)
+            channel.mark(record.origin, record.at, record.idle)
             return
-        if record.id in self.seen.setdefault(envelope.partition, set()):
+        if record.id in channel.seen:
             self.duplicates += 1
             return
         assert record.at is not None
-        heapq.heappush(
-            self.held,
-            _Held(record.at, record.order, record.id, envelope.partition, envelope.offset, before, record),
-        )
+        heapq.heappush(channel.held, _Held(record.at, record.order, record.id, envelope.offset, before, record))
 
-    def watermark(self) -> datetime | None:
-        """The time every origin has passed: the lowest watermark of the origins that are not idle."""
+    def watermark(self, partition: int) -> datetime | None:
+        """The time every origin has passed in `partition`: the lowest watermark of the origins not idle."""
+        marks = self.channel(partition).marks
         lowest = FAR_FUTURE
         for origin in self.origins:
-            at, idle = self.marks.get(origin, (None, False))
+            at, idle = marks.get(origin, (None, False))
             if idle:
                 continue
             if at is None:
@@ -184,38 +195,33 @@ class EventTimeBuffer:
         return lowest
 
     def release(self) -> list[tuple[int, Forwarded]]:
-        """(partition, event) strictly before the watermark, in order (ties wait: an origin may still send one at
-        that very time; once every origin is idle, everything goes)."""
-        limit = self.watermark()
+        """(partition, event) strictly before its partition's watermark, in order within each partition (ties wait:
+        an origin may still send one at that very time; once every origin is idle, everything goes)."""
         out: list[tuple[int, Forwarded]] = []
-        while self.held and limit is not None and (self.held[0].at < limit or limit == FAR_FUTURE):
-            item = heapq.heappop(self.held)
-            seen = self.seen.setdefault(item.partition, set())
-            if item.id in seen:
-                self.duplicates += 1
-                continue
-            seen.add(item.id)
-            if self.released is not None and item.at < self.released:
-                self.late += 1
-            self.released = item.at if self.released is None else max(self.released, item.at)
-            out.append((item.partition, item.record))
+        for partition, channel in sorted(self.channels.items()):
+            limit = self.watermark(partition)
+            while channel.held and limit is not None and (channel.held[0].at < limit or limit == FAR_FUTURE):
+                item = heapq.heappop(channel.held)
+                if item.id in channel.seen:
+                    self.duplicates += 1
+                    continue
+                channel.seen.add(item.id)
+                if channel.released is not None and item.at < channel.released:
+                    self.late += 1
+                channel.released = item.at if channel.released is None else max(channel.released, item.at)
+                out.append((partition, item.record))
         return out
 
     def hold_back(self, consumed: dict[TopicPartitionKey, Position]) -> dict[TopicPartitionKey, Position]:
         """Positions that never pass an event still held: a restart must read it again."""
-        earliest: dict[int, _Held] = {}
-        for item in self.held:
-            if item.partition not in earliest or item.offset < earliest[item.partition].offset:
-                earliest[item.partition] = item
         out = dict(consumed)
-        for partition, item in earliest.items():
-            out[(self.topic, partition)] = Position(item.offset, item.before)
+        for partition, channel in self.channels.items():
+            if channel.held:
+                earliest = min(channel.held, key=lambda item: item.offset)
+                out[(self.topic, partition)] = Position(earliest.offset, earliest.before)
         return out
 
     def release_partitions(self, partitions: set[int]) -> None:
-        """Partitions another processor reads now: drop their held events (it reads them again)."""
-        self.held = [item for item in self.held if item.partition not in partitions]
-        heapq.heapify(self.held)
+        """Partitions another processor reads now: drop what this one knew of them (it reads them again)."""
         for partition in partitions:
-            self.seen.pop(partition, None)
-            self._last_fingerprint.pop(partition, None)
+            self.channels.pop(partition, None)

@@ -70,7 +70,7 @@ def test_an_idle_origin_stops_holding_the_others_and_a_late_event_is_counted() -
     feed.event("in/1", 2, "b2")  # woke up behind what was released
     feed.mark("in/1", 2)
     feed.mark("in/0", 6, idle=True)
-    assert ids(buffer.release()) == [] and buffer.watermark() == T0 + timedelta(minutes=2)
+    assert ids(buffer.release()) == [] and buffer.watermark(0) == T0 + timedelta(minutes=2)
     feed.mark("in/1", 3, idle=True)
     assert ids(buffer.release()) == ["b2"] and buffer.late == 1
 
@@ -85,7 +85,7 @@ def test_released_ids_are_not_released_again_and_a_watermark_never_goes_back() -
     feed.event("in/0", 1, "x")  # the first stage forwarded it again after a crash
     assert ids(buffer.release()) == [] and buffer.duplicates == 1
     feed.mark("in/0", 4)  # a restarted first stage reports an older watermark
-    assert buffer.marks["in/0"][0] == T0 + timedelta(minutes=10)
+    assert buffer.channel(0).marks["in/0"][0] == T0 + timedelta(minutes=10)
 
 
 def test_a_checkpoint_never_passes_an_event_still_held() -> None:
@@ -100,6 +100,19 @@ def test_a_checkpoint_never_passes_an_event_still_held() -> None:
     feed.mark("in/1", 5)
     assert ids(buffer.release()) == ["held"]
     assert buffer.hold_back(consumed) == consumed
+
+
+def test_a_watermark_vouches_only_for_the_partition_it_was_read_from() -> None:
+    buffer = EventTimeBuffer("by-key", ORIGINS)
+    zero, one = Feed(buffer, partition=0), Feed(buffer, partition=1)
+    zero.event("in/0", 2, "a2")
+    for origin in ORIGINS:
+        one.mark(origin, 10)  # partition 1 is read further: in/0's events for partition 0 may still be unread
+    assert ids(buffer.release()) == []
+    zero.event("in/0", 1, "a1")  # written before the watermark on partition 0 too, but read after partition 1's
+    for origin in ORIGINS:
+        zero.mark(origin, 10)
+    assert ids(buffer.release()) == ["a1", "a2"] and buffer.late == 0
 
 
 def test_keys_are_spread_over_every_partition_and_always_to_the_same_one() -> None:

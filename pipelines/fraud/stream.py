@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +37,8 @@ from pipelines.fraud.features import FraudFeatureEngine, backfill_features
 from pipelines.platform.features import write_feature_rows
 from pipelines.platform.microbatch import Rejection
 from pipelines.platform.repartition import EventTimeBuffer, Forwarded, Forwarder, origin_name, partition_for
-from pipelines.platform.state import Checkpoint, Position, StateStore, TopicPartitionKey
+from pipelines.platform.sinkstate import SEEN, SinkBookkeeping
+from pipelines.platform.state import Checkpoint, EntryKey, Position, StateStore, TopicPartitionKey
 from pipelines.platform.stream import Envelope, encode, send_at_rate
 from pipelines.settings import Settings
 
@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 
 SOURCE_SCHEMAS: dict[str, type[BaseModel]] = {TRANSACTIONS_TOPIC: TransactionEvent, LABELS_TOPIC: LabelEvent}
 SCHEMAS: dict[str, type[BaseModel]] = {**SOURCE_SCHEMAS, BY_TERMINAL_TOPIC: Forwarded}
-# How many recent ids each partition remembers, to drop redelivered events (at-least-once delivery).
-DEDUPE_MEMORY = 500_000
-DEDUPE_COMMITS = 20_000  # and for how many batches the checkpoint keeps them (hours at a high rate)
 ORDER_LABEL, ORDER_TRANSACTION = 0, 1  # at equal times a chargeback counts before a payment, as in the backfill
 
 
@@ -92,26 +89,6 @@ def replay_transactions(
     return send_at_rate(producer, _records(replay_events(transactions)), rate, progress)
 
 
-class _RecentIds:
-    """A bounded set of ids, oldest forgotten first."""
-
-    def __init__(self, capacity: int = DEDUPE_MEMORY) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._ids
-
-    def add(self, key: str) -> bool:
-        """Remember `key`; False if it was already known."""
-        if key in self._ids:
-            return False
-        self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return True
-
-
 @dataclass
 class SinkStats:
     transactions: int = 0
@@ -151,12 +128,7 @@ class FraudFeatureSink:
         self.engine = engine
         self.forwarder = forwarder
         self.buffer = buffer or EventTimeBuffer(BY_TERMINAL_TOPIC, [])
-        self.seen: dict[TopicPartitionKey, _RecentIds] = {}  # partition → event ids already counted
-        self.parts: dict[tuple[str, int, str], int] = {}  # (topic, partition, view) → next offline part number
-        self.owned: set[TopicPartitionKey] = set()
-        self.commit_seq = 0  # of the last checkpoint, to age the remembered ids
-        self.home: dict[tuple[str, str], TopicPartitionKey] = {}  # (kind, entity) → the partition its state lives in
-        self._dirty: set[tuple[str, int, str, str]] = set()
+        self.books = SinkBookkeeping()
         self.stats = SinkStats()
 
     # -- one batch
@@ -172,8 +144,8 @@ class FraudFeatureSink:
                 if event.is_fraud:
                     self._label(envelope, event)
             elif isinstance(event, TransactionEvent):
-                seen = self._seen((envelope.topic, envelope.partition))
-                if event.transaction_id in seen:
+                key = (envelope.topic, envelope.partition)
+                if event.transaction_id in self.books.seen.get(key, ()):
                     self.stats.duplicates += 1
                     continue
                 try:
@@ -181,21 +153,19 @@ class FraudFeatureSink:
                 except Exception as exc:  # this event only: dead-lettered, the rest of the batch goes on
                     rejected.append(Rejection(envelope, f"processing: {type(exc).__name__}: {exc}"))
                     continue
-                seen.add(event.transaction_id)
-                self._touch(envelope, "seen", event.transaction_id)
-                self._touch(envelope, "customer", event.customer_id)
-                self.home[("customer", event.customer_id)] = (envelope.topic, envelope.partition)
+                self.books.first_time(key, event.transaction_id)
+                self.books.place(key, "customer", event.customer_id)
                 customers.append(_Customer(envelope, event, row))
         self._write_customers(customers)
         if self.forwarder is not None:
-            self.forwarder.watermarks(self._origins(self.owned))
+            self.forwarder.watermarks(self._origins(self.books.owned))
         self._release()
         return rejected
 
     def tick(self, caught_up: set[TopicPartitionKey]) -> None:
         """After every poll: source partitions read to their end for long enough are idle; tell the second stage."""
         if self.forwarder is not None:
-            self.forwarder.watermarks(self._origins(self.owned), self._origins(caught_up))
+            self.forwarder.watermarks(self._origins(self.books.owned), self._origins(caught_up))
 
     def _label(self, envelope: Envelope, event: LabelEvent) -> None:
         self.stats.labels += 1
@@ -213,7 +183,7 @@ class FraudFeatureSink:
             f"L:{event.transaction_id}",
             {"terminal_id": event.terminal_id, "tx_time": tx_time},
         )
-        self._touch(envelope, "newest", origin)
+        self.books.touch((envelope.topic, envelope.partition), "newest", origin)
 
     def _write_customers(self, customers: list[_Customer]) -> None:
         if not customers:
@@ -240,7 +210,7 @@ class FraudFeatureSink:
                 f"T:{c.event.transaction_id}",
                 {"terminal_id": c.event.terminal_id},
             )
-            self._touch(c.envelope, "newest", origin)
+            self.books.touch((c.envelope.topic, c.envelope.partition), "newest", origin)
 
     def _release(self) -> None:
         """The second stage: every event the watermark has passed, in event-time order."""
@@ -249,7 +219,7 @@ class FraudFeatureSink:
             assert record.at is not None
             terminal_id = str(record.payload["terminal_id"])
             key = (BY_TERMINAL_TOPIC, partition)
-            self._dirty.add((*key, "seen", record.id))
+            self.books.touch(key, SEEN, record.id)
             if record.order == ORDER_LABEL:
                 self.engine.add_label(terminal_id, float(record.payload["tx_time"]), record.at.timestamp())
                 self._terminal_home(*key, terminal_id)
@@ -276,25 +246,15 @@ class FraudFeatureSink:
 
     def _write(self, topic: str, partition: int, view: str, key: str, rows: pd.DataFrame) -> None:
         """Online and offline, the offline part named by partition and number: a replayed batch rewrites it."""
-        number = self.parts.get((topic, partition, view), 0)
-        name = f"{topic}-p{partition}-{number:010d}"
+        name = self.books.part_name(topic, partition, view)
         online, offline = write_feature_rows(self.settings, self.store, [(view, key, rows)], {view: name})
-        self.parts[(topic, partition, view)] = number + 1
-        self._dirty.add((topic, partition, "parts", view))
         self.stats.online_rows += online
         self.stats.offline_rows += offline
 
     # -- bookkeeping
 
     def _terminal_home(self, topic: str, partition: int, terminal_id: str) -> None:
-        self._dirty.add((topic, partition, "terminal", terminal_id))
-        self.home[("terminal", terminal_id)] = (topic, partition)
-
-    def _seen(self, key: TopicPartitionKey) -> _RecentIds:
-        return self.seen.setdefault(key, _RecentIds())
-
-    def _touch(self, envelope: Envelope, kind: str, key: str) -> None:
-        self._dirty.add((envelope.topic, envelope.partition, kind, key))
+        self.books.place((topic, partition), "terminal", terminal_id)
 
     @staticmethod
     def _origins(partitions: set[TopicPartitionKey]) -> set[str]:
@@ -306,27 +266,21 @@ class FraudFeatureSink:
         """The state of newly read partitions, as their checkpoint holds it."""
         if self.forwarder is not None:
             self.forwarder.rebalanced()
-        self._dirty = {d for d in self._dirty if (d[0], d[1]) not in set(partitions)}
+        self.books.restore(checkpoint, partitions)
         for topic, partition in partitions:
             key = (topic, partition)
-            self.owned.add(key)
             for customer_id, data in checkpoint.of(topic, partition, "customer").items():
                 self.engine.import_customer(customer_id, data)
-                self.home[("customer", customer_id)] = key
+                self.books.home[("customer", customer_id)] = key
             for terminal_id, data in checkpoint.of(topic, partition, "terminal").items():
                 self.engine.import_terminal(terminal_id, data)
-                self.home[("terminal", terminal_id)] = key
-            seen = self.seen[key] = _RecentIds()
-            for event_id in checkpoint.of(topic, partition, "seen"):
-                seen.add(event_id)
-            for view, number in checkpoint.of(topic, partition, "parts").items():
-                self.parts[(topic, partition, view)] = int(number.decode())
+                self.books.home[("terminal", terminal_id)] = key
             if self.forwarder is not None:
                 for origin, newest in checkpoint.of(topic, partition, "newest").items():
                     self.forwarder.newest[origin] = datetime.fromisoformat(newest.decode())
             if topic == BY_TERMINAL_TOPIC:
                 channel = self.buffer.channel(partition)
-                channel.seen = set(checkpoint.of(topic, partition, "seen"))
+                channel.seen = self.books.seen[key]  # the ids released: one set for the sink and the buffer
                 for origin, mark in checkpoint.of(topic, partition, "watermark").items():
                     at, idle = json.loads(mark)
                     channel.mark(origin, datetime.fromisoformat(at) if at else None, bool(idle))
@@ -339,47 +293,28 @@ class FraudFeatureSink:
         if self.forwarder is not None:
             self.forwarder.rebalanced()
         gone = set(partitions)
-        self.owned -= gone
-        for topic, partition in gone:
-            self.seen.pop((topic, partition), None)
-            self.parts = {k: v for k, v in self.parts.items() if (k[0], k[1]) != (topic, partition)}
         self.buffer.release_partitions({p for t, p in gone if t == BY_TERMINAL_TOPIC})
         if self.forwarder is not None:
             self.forwarder.forget(self._origins(gone))
-        for (kind, entity), home in list(self.home.items()):
-            if home in gone:
-                (self.engine.customers if kind == "customer" else self.engine.terminals).pop(entity, None)
-                del self.home[(kind, entity)]
-        self._dirty = {d for d in self._dirty if (d[0], d[1]) not in gone}
+        for kind, entity in self.books.release(gone):
+            (self.engine.customers if kind == "customer" else self.engine.terminals).pop(entity, None)
 
-    def changes(self) -> tuple[dict[tuple[str, int, str, str], bytes | None], dict[tuple[str, int, str], int]]:
-        out: dict[tuple[str, int, str, str], bytes | None] = {}
-        for topic, partition, kind, key in self._dirty:
-            if kind == "customer":
-                value: bytes | None = self.engine.export_customer(key) if key in self.engine.customers else None
-            elif kind == "terminal":
-                value = self.engine.export_terminal(key) if key in self.engine.terminals else None
-            elif kind == "seen":
-                value = b""
-            elif kind == "parts":
-                value = str(self.parts.get((topic, partition, key), 0)).encode()
-            elif kind == "newest":
-                newest = self.forwarder.newest.get(key) if self.forwarder is not None else None
-                value = newest.isoformat().encode() if newest is not None else None
-            else:
-                continue
-            out[(topic, partition, kind, key)] = value
-        for topic, partition in self.owned:
+    def changes(self) -> tuple[dict[EntryKey, bytes | None], dict[tuple[str, int, str], int]]:
+        out, keep = self.books.changes(self._encode)
+        for topic, partition in self.books.owned:
             if topic == BY_TERMINAL_TOPIC:
                 for origin, (at, idle) in self.buffer.channel(partition).marks.items():
                     mark = [at.isoformat() if at else None, idle]
                     out[(topic, partition, "watermark", origin)] = json.dumps(mark).encode()
-        self._dirty = set()
-        self.commit_seq += 1
-        forget = {
-            (t, p, "seen"): self.commit_seq - DEDUPE_COMMITS for t, p in self.owned if self.commit_seq > DEDUPE_COMMITS
-        }
-        return out, forget
+        return out, keep
+
+    def _encode(self, kind: str, key: str) -> bytes | None:
+        if kind == "customer":
+            return self.engine.export_customer(key) if key in self.engine.customers else None
+        if kind == "terminal":
+            return self.engine.export_terminal(key) if key in self.engine.terminals else None
+        newest = self.forwarder.newest.get(key) if self.forwarder is not None else None  # kind "newest"
+        return newest.isoformat().encode() if newest is not None else None
 
     def positions(self, consumed: dict[TopicPartitionKey, Position]) -> dict[TopicPartitionKey, Position]:
         return self.buffer.hold_back(consumed)

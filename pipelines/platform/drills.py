@@ -12,7 +12,8 @@ here starts, kills and restarts the processes:
   empty and every committed offset is gone.
 
 Every scenario ends when the processors have read everything (the group checkpointed nothing for `idle_s`, longer
-than a rebalance takes; then each is stopped with SIGTERM and writes its summary) and then compares every online and offline row with the backfill of the same events.
+than a rebalance takes; then each is stopped with SIGTERM and writes its summary) and then compares every online
+and offline row with the backfill of the same events.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class StatefulSink(Protocol):
         """Forget the state of partitions this processor no longer reads."""
 
     def changes(self) -> tuple[dict[Any, bytes | None], dict[tuple[str, int, str], int]]:
-        """Entries changed since the last call, and the (topic, partition, kind) → commit number to forget before."""
+        """Entries changed since the last call, and (topic, partition, kind) → how many commits to keep them for."""
 
     def positions(self, consumed: dict[TopicPartitionKey, Position]) -> dict[TopicPartitionKey, Position]:
         """The positions to checkpoint: `consumed`, or earlier where events are held back unprocessed."""
@@ -281,8 +281,8 @@ class MicroBatchLoop:
         if self.stateful:
             assert self.store is not None
             positions = self.sink.positions(consumed)  # type: ignore[attr-defined]
-            changes, forget = self.sink.changes()  # type: ignore[attr-defined]
-            self.store.commit(changes, positions, forget)
+            changes, keep = self.sink.changes()  # type: ignore[attr-defined]
+            self.store.commit(changes, positions, keep)
         else:
             positions = consumed
         offsets = {TopicPartition(t, p): OffsetAndMetadata(pos.offset, "", -1) for (t, p), pos in positions.items()}

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.platform.sinkstate import RecentIds
 from pipelines.platform.state import Position, TopicPartitionKey, fingerprint
 from pipelines.platform.stream import Envelope, encode
 
@@ -139,7 +140,7 @@ class Channel:
 
     marks: dict[str, tuple[datetime | None, bool]] = field(default_factory=dict)  # origin → (watermark, idle)
     held: list[_Held] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)  # released ids (part of the checkpoint)
+    seen: RecentIds = field(default_factory=RecentIds)  # released ids (part of the checkpoint)
     released: datetime | None = None  # the newest time released so far
     last_fingerprint: str = ""  # of the last record read
 

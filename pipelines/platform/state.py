@@ -148,12 +148,12 @@ class StateStore:
         self,
         changes: Mapping[EntryKey, bytes | None],
         positions: Mapping[TopicPartitionKey, Position],
-        forget_before: Mapping[tuple[str, int, str], int] | None = None,
+        keep_commits: Mapping[tuple[str, int, str], int] | None = None,
     ) -> int:
         """Write the changed entries (None deletes one) and the positions in one transaction; returns its number.
 
-        `forget_before` drops the entries of a (topic, partition, kind) written by commits older than the given
-        number (the ids remembered for dedupe are kept for a bounded number of commits).
+        `keep_commits` drops the entries of a (topic, partition, kind) last written more than that many commits ago
+        (the ids remembered for dedupe are kept for a bounded number of commits).
         """
         with self._lock:
             seq = self.seq + 1
@@ -182,13 +182,13 @@ class StateStore:
                         ),
                         deletes,
                     )
-                for (topic, partition, kind), before in (forget_before or {}).items():
+                for (topic, partition, kind), keep in (keep_commits or {}).items():
                     cursor.execute(
                         self._sql(
                             "DELETE FROM mlsd_stream_state"
                             " WHERE processor = ? AND topic = ? AND part = ? AND kind = ? AND seq < ?"
                         ),
-                        (self.processor, topic, partition, kind, before),
+                        (self.processor, topic, partition, kind, seq - keep),
                     )
                 cursor.executemany(
                     self._sql(

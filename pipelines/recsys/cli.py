@@ -99,26 +99,35 @@ def recsys_stream(
     json_out: Annotated[Path | None, typer.Option(help="Write throughput and freshness figures here")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics and /healthz here")] = None,
 ) -> None:
-    """Consume interactions and items, update user/item features in Feast online + offline, commit after."""
+    """Consume interactions and items, update user/item features in Feast online + offline; state checkpointed
+    with the offsets (a restart resumes from it; the history is read only on the first start)."""
     from feature_repo.recsys import ITEM_VIEW, USER_VIEW, recsys_feature_objects
     from pipelines.platform.features import apply_feature_definitions, write_feature_rows
     from pipelines.platform.processor import run_feature_processor
+    from pipelines.platform.state import StateStore, state_url
     from pipelines.platform.stream import ensure_topics, percentile_summary
     from pipelines.recsys.data import read_interactions, read_items
     from pipelines.recsys.events import TOPICS
     from pipelines.recsys.features import backfill_features, engine_for_catalogue
-    from pipelines.recsys.stream import SCHEMAS, RecsysFeatureSink
+    from pipelines.recsys.stream import SCHEMAS, RecsysFeatureSink, seed_state
 
     s = Settings()
-    engine = engine_for_catalogue(read_items(items) if items else None)
+    catalogue = read_items(items) if items else None
+    past = read_interactions(history) if history else None  # a bad file fails before anything starts
     store = apply_feature_definitions(s, [recsys_feature_objects])
-    if history:
-        # The history's newest rows go online too, so the service knows every user and item from the start.
-        users, item_rows = backfill_features(read_interactions(history), engine=engine)
-        online, _ = write_feature_rows(s, store, [(USER_VIEW, "user_id", users), (ITEM_VIEW, "item_id", item_rows)])
-        console.print(f"seeded the online store with {online:,} user and item rows from {history}")
-    ensure_topics(s, TOPICS)
-    sink = RecsysFeatureSink(s, store, engine)
+    state = StateStore(state_url(s), group)
+    if past is not None:
+        warm = engine_for_catalogue(catalogue)
+        users, item_rows = backfill_features(past, engine=warm)
+        if seed_state(state, warm):
+            # The history's newest rows go online too, so the service knows every user and item from the start.
+            pairs = [(USER_VIEW, "user_id", users), (ITEM_VIEW, "item_id", item_rows)]
+            online, _ = write_feature_rows(s, store, pairs)
+            console.print(f"seeded the state and the online store ({online:,} rows) with the history in {history}")
+        else:
+            console.print(f"resuming from the checkpoint; did not use the history in {history}")
+    ensure_topics(s, TOPICS)  # one partition each (see RecsysFeatureSink)
+    sink = RecsysFeatureSink(s, store, engine_for_catalogue(catalogue))
     run_feature_processor(
         s,
         "recsys",
@@ -131,9 +140,11 @@ def recsys_stream(
         lambda: {
             "interactions": sink.stats.interactions,
             "items": sink.stats.items,
+            "duplicates": sink.stats.duplicates,
             "freshness_ms": percentile_summary(sink.stats.freshness_ms),
         },
         metrics_port,
+        store=state,
     )
 
 

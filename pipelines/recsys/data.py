@@ -14,11 +14,17 @@ import numpy as np
 import pandas as pd
 
 from pipelines.platform.dataio import DataFileError, read_table, row_label, show_value
+from pipelines.recsys.events import derived_interaction_id
 
 logger = logging.getLogger(__name__)
 
 INTERACTION_REQUIRED: dict[str, str] = {"user_id": "string", "item_id": "string", "timestamp": "datetime"}
-INTERACTION_OPTIONAL: dict[str, str] = {"rating": "float", "weight": "float", "event_type": "string"}
+INTERACTION_OPTIONAL: dict[str, str] = {
+    "rating": "float",
+    "weight": "float",
+    "event_type": "string",
+    "interaction_id": "string",
+}
 ITEM_REQUIRED: dict[str, str] = {"item_id": "string"}
 ITEM_OPTIONAL: dict[str, str] = {"category": "string", "created_at": "datetime"}
 UNKNOWN_CATEGORY = "unknown"
@@ -28,7 +34,9 @@ def read_interactions(path: Path) -> pd.DataFrame:
     """Read and validate an interactions file; rows come back sorted by timestamp (stable) with a fresh index.
 
     The `weight` column is always present (float64): taken from `weight`, else `rating`, else 1.0. The column
-    it comes from must hold finite values of zero or more. Extra columns are kept as read.
+    it comes from must hold finite values of zero or more. `interaction_id` is always present too: the file's
+    (unique), else derived from each row's content and its occurrence (`interaction_ids`). Extra columns are kept
+    as read.
     """
     path = Path(path)
     frame = read_table(path, INTERACTION_REQUIRED, INTERACTION_OPTIONAL, what="interactions file")
@@ -51,11 +59,41 @@ def read_interactions(path: Path) -> pd.DataFrame:
             )
         frame["weight"] = values
 
+    if "interaction_id" in frame.columns:
+        ids = frame["interaction_id"]
+        if ids.isna().any() or not ids.is_unique:
+            position = int(np.flatnonzero((ids.isna() | ids.duplicated(keep="first")).to_numpy())[0])
+            raise DataFileError(
+                f"{path}: column 'interaction_id' must be filled and unique but {row_label(path, position)} holds "
+                f"{show_value(ids.iloc[position])}; fix the id or drop the column to have ids derived.",
+                path=path,
+                column="interaction_id",
+                row=position + 1,
+            )
+    else:
+        frame["interaction_id"] = interaction_ids(frame)
+
     times = frame["timestamp"].to_numpy(dtype="int64")
     if len(times) > 1 and (np.diff(times) < 0).any():
         frame = frame.take(np.argsort(times, kind="stable"))
     frame.index = pd.RangeIndex(len(frame))
     return frame
+
+
+def interaction_ids(frame: pd.DataFrame) -> pd.Series:
+    """Ids for interactions that came without: the content's (`derived_interaction_id`, what the stream derives
+    for an event without an id), with "-2", "-3"... for the second, third... identical row of a file."""
+    types = frame["event_type"].astype(str) if "event_type" in frame else pd.Series("interaction", index=frame.index)
+    micros = pd.to_datetime(frame["timestamp"], utc=True).dt.as_unit("us").astype("int64")
+    base = [
+        derived_interaction_id(str(u), str(i), int(m), t)
+        for u, i, m, t in zip(frame["user_id"], frame["item_id"], micros, types, strict=True)
+    ]
+    out = pd.Series(base, index=frame.index, dtype=object)
+    occurrence = out.groupby(out).cumcount()
+    repeated = occurrence > 0
+    out[repeated] = out[repeated] + "-" + (occurrence[repeated] + 1).astype(str)
+    return out
 
 
 def read_items(path: Path) -> pd.DataFrame:

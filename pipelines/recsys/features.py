@@ -9,6 +9,7 @@ same object over Kafka micro-batches, so online rows equal offline rows.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -119,6 +120,43 @@ class RecsysFeatureEngine:
             state.weights[i] -= _slide(window, time, weight, clock - span)
             counts.append(len(window))
         return (*counts, round(state.weights[WINDOWS_DAYS.index(7)], 6), state.first_seen, clock)
+
+    # -- state as bytes, for the stream processor's checkpoints (JSON keeps floats exact, and ±inf)
+
+    def export_user(self, user_id: str) -> bytes:
+        u = self.users[user_id]
+        return json.dumps(
+            [
+                [list(map(list, w)) for w in u.windows],
+                list(map(list, u.month)),
+                u.category_weight,
+                list(u.recent),
+                u.clock,
+            ]
+        ).encode()
+
+    def import_user(self, user_id: str, data: bytes) -> None:
+        windows, month, category_weight, recent, clock = json.loads(data)
+        self.users[user_id] = _UserState(
+            windows=[deque((t, w) for t, w in window) for window in windows],
+            month=deque((t, c, w) for t, c, w in month),
+            category_weight=dict(category_weight),
+            recent=deque(recent, maxlen=RECENT_ITEMS),
+            clock=clock,
+        )
+
+    def export_item(self, item_id: str) -> bytes:
+        i = self.items[item_id]
+        return json.dumps([[list(map(list, w)) for w in i.windows], i.weights, i.first_seen, i.clock]).encode()
+
+    def import_item(self, item_id: str, data: bytes) -> None:
+        windows, weights, first_seen, clock = json.loads(data)
+        self.items[item_id] = _ItemState(
+            windows=[deque((t, w) for t, w in window) for window in windows],
+            weights=list(weights),
+            first_seen=first_seen,
+            clock=clock,
+        )
 
     def run(
         self, user_ids: Iterable[str], item_ids: Iterable[str], times: Iterable[float], weights: Iterable[float]

@@ -35,7 +35,7 @@ from pipelines.platform.errors import InvalidInput
 
 SECONDS_PER_DAY = 86_400
 EVENT_TYPES = ("view", "click", "purchase")
-INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "event_type", "weight", "session_id"]
+INTERACTION_COLUMNS = ["interaction_id", "user_id", "item_id", "timestamp", "event_type", "weight", "session_id"]
 ITEM_COLUMNS = ["item_id", "category", "created_at", "price"]
 
 # Relative share of sessions by hour of day (UTC): quiet nights, a lunch bump and a long evening peak.
@@ -258,6 +258,7 @@ def simulate_interactions(config: InteractionConfig) -> tuple[pd.DataFrame, pd.D
             "session_id": session[order] + 1,
         }
     )
+    interactions["interaction_id"] = _ids("E", len(interactions), 8)
     width = len(str(config.n_categories))
     items = pd.DataFrame(
         {

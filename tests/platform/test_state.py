@@ -44,7 +44,7 @@ def test_entries_and_positions_are_committed_together_and_loaded_by_partition(st
     assert store.positions() == {("in", 0): 12, ("in", 1): 4}
     # Entries of a kind written by older commits can be forgotten (the ids remembered for dedupe age out).
     store.commit({("in", 1, "seen", "old"): b""}, {})
-    store.commit({("in", 1, "seen", "new"): b""}, {}, forget_before={("in", 1, "seen"): store.seq + 1})
+    store.commit({("in", 1, "seen", "new"): b""}, {}, keep_commits={("in", 1, "seen"): 0})
     assert set(store.load([("in", 1)]).of("in", 1, "seen")) == {"new"}
 
 

@@ -165,13 +165,13 @@ def drill_settings(settings: Settings, scenario: str) -> Settings:
     )
 
 
-def _replay(settings: Settings, spec: DrillSpec, path: Path, rate: float, env: dict[str, str]) -> Any:
+def start_replay(settings: Settings, spec: DrillSpec, path: Path, rate: float, env: dict[str, str]) -> Any:
     from pipelines.platform.infra import start_process
 
     return start_process(settings, "replay", [*MLSD, *spec.replay(path, rate)], env)
 
 
-def _wait_replay(settings: Settings, timeout_s: float = 600) -> None:
+def wait_replay(settings: Settings, timeout_s: float = 600) -> None:
     from pipelines.platform.infra import running
 
     deadline = time.monotonic() + timeout_s
@@ -226,7 +226,7 @@ def run_drill(
     start_broker(s, [])
     topics = spec.topics(s)
     ensure_topics(s, list(topics), topics)
-    env = stack_env(s, stream_state_url="", feast_online_store=s.feast_online_store, stream_idle_origin_ms="500")
+    env = stack_env(s, stream_state_url="", feast_online_store=s.feast_online_store)
     try:
         say(f"preparing {size:,} events")
         data = spec.prepare(s, size, seed, s.home, scenario == "broker-restart")
@@ -239,12 +239,12 @@ def run_drill(
         if scenario == "poison-events":
             result.poison = spec.poison(s, data)
         first = data.first_half if scenario == "broker-restart" and data.first_half else data.live
-        _replay(s, spec, first, rate, env)
+        start_replay(s, spec, first, rate, env)
         if scenario == "stream-crash":
             _crash(s, fleet, names, kills, rng, result, say)
         elif scenario == "rebalance":
             _rebalance(fleet, names, rng, say, result)
-        _wait_replay(s)
+        wait_replay(s)
         if scenario == "broker-restart":
             _broker_restart(s, spec, fleet, data, rate, env, result, say, topics)
         say("waiting for the processors to read everything")
@@ -340,8 +340,8 @@ def _broker_restart(
     start_broker(settings, [])
     ensure_topics(settings, list(topics), topics)
     if data.second_half is not None:
-        _replay(settings, spec, data.second_half, rate, env)
-        _wait_replay(settings)
+        start_replay(settings, spec, data.second_half, rate, env)
+        wait_replay(settings)
     result.kills.append({"broker_restart": True, "seconds_to_send_again": round(time.monotonic() - restarted, 2)})
 
 

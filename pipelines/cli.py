@@ -82,14 +82,20 @@ app.add_typer(infra_app, name="infra")
 @app.command()
 def up() -> None:
     """Start the embedded stack: Kafka-protocol broker (Tansu), MLflow server, Feast registry; create topics."""
-    from pipelines.designs import all_topics, feature_definitions
+    from pipelines.designs import feature_definitions, topic_partitions
     from pipelines.platform.infra import stack_up
 
     s = Settings()
-    started = stack_up(s, all_topics(), feature_definitions())
+    started = stack_up(s, topic_partitions(s), feature_definitions())
     for process in started:
         console.print(f"started {process.name} (pid {process.pid}, log {process.log})")
     console.print(f"Kafka at {s.kafka_bootstrap}; MLflow UI at {s.tracking_uri}; Feast repo applied.")
+    if s.kafka_embedded:
+        console.print(
+            "[yellow]Note:[/] the embedded broker keeps topics in memory: stopping it loses every event, committed "
+            "offset and logged prediction. Stream processors notice a new log and read it from the start without "
+            "counting twice; for a durable log use Apache Kafka (docker compose) or MLSD_KAFKA_BOOTSTRAP."
+        )
 
 
 @app.command()
@@ -223,10 +229,12 @@ def infra_mlflow_server(host: Annotated[str, typer.Option(help="Interface")] = "
 @infra_app.command("create-topics")
 def infra_create_topics() -> None:
     """Create every design's Kafka topics (idempotent)."""
-    from pipelines.designs import all_topics
+    from pipelines.designs import topic_partitions
     from pipelines.platform.stream import ensure_topics
 
-    created = ensure_topics(Settings(), all_topics())
+    s = Settings()
+    topics = topic_partitions(s)
+    created = ensure_topics(s, list(topics), topics)
     console.print(f"created: {', '.join(created) if created else 'all topics existed'}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines.designs import DESIGNS, all_topics, feature_definitions
+from pipelines.designs import DESIGNS, feature_definitions, topic_partitions
 from pipelines.platform.design import Design
 from pipelines.platform.errors import InvalidInput
 from pipelines.settings import Settings
@@ -70,7 +70,7 @@ def run_demo(
     chosen = [d for d in designs if d.demo is not None]
     options = {d.name: section_options(d, assignments) for d in chosen}
     with console.status("starting the embedded stack (Kafka broker, MLflow server, Feast registry)"):
-        started = stack_up(settings, all_topics(), feature_definitions())
+        started = stack_up(settings, topic_partitions(settings), feature_definitions())
     console.print(f"[green]stack up[/green]: Kafka {settings.kafka_bootstrap}, MLflow {settings.tracking_uri}")
     summary: dict[str, Any] = {}
     sections: list[str] = []

@@ -42,6 +42,12 @@ def all_topics() -> list[str]:
     return [topic for d in DESIGNS for topic in d.all_topics] + [ALERTS_TOPIC, ALERTS_TOPIC + DLQ_SUFFIX]
 
 
+def topic_partitions(settings: Any) -> dict[str, int]:
+    """Every topic with its partition count: `stream_partitions` for the topics designs split, else 1."""
+    split = {topic for d in DESIGNS for topic in d.partitioned_topics}
+    return {topic: settings.stream_partitions if topic in split else 1 for topic in all_topics()}
+
+
 def feature_definitions() -> list:
     """Every design's Feast objects builder, for `feast apply` of the whole project."""
     return [d.feature_objects for d in DESIGNS]

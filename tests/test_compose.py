@@ -432,6 +432,23 @@ def test_kafka_runs_in_kraft_mode_without_zookeeper(
     assert "kafka-" in " ".join(kafka["healthcheck"]["test"]) and ".sh" in " ".join(kafka["healthcheck"]["test"])
 
 
+def test_the_broker_keeps_its_log_on_a_volume_and_processors_checkpoint_to_postgres(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    kafka = services["kafka"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in kafka["volumes"]}
+    assert mounts.get(environment(kafka)["KAFKA_LOG_DIRS"]) in set(compose["volumes"]), "a restart would lose the log"
+    s = Settings(_env_file=None, **settings_fields(common_settings_env(compose)))  # type: ignore[call-arg,arg-type]
+    assert s.stream_state_url.startswith("postgresql") and "@postgres:5432/" in s.stream_state_url
+    assert s.stream_partitions >= 2
+    fraud = services["stream-processor"]
+    assert 2 <= int(interpolate(str(fraud["deploy"]["replicas"]))) <= s.stream_partitions
+    for name in ("stream-processor", "recsys-stream-processor"):
+        assert services[name]["restart"] == "unless-stopped"
+        assert "postgres" in services[name]["depends_on"]
+        assert "ports" not in services[name], "replicas cannot share a host port"
+
+
 def test_topics_are_created_explicitly(services: dict[str, dict[str, Any]]) -> None:
     from pipelines.designs import all_topics
 

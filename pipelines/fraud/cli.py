@@ -110,7 +110,7 @@ def fraud_stream(
     terminal; Feast online + offline; state checkpointed with the offsets (run several with the same --group)."""
     from feature_repo.fraud import fraud_feature_objects
     from pipelines.fraud.data import read_transactions
-    from pipelines.fraud.events import BY_TERMINAL_TOPIC, LABELS_TOPIC, TOPICS, TRANSACTIONS_TOPIC
+    from pipelines.fraud.events import BY_TERMINAL_TOPIC, LABELS_TOPIC, PARTITIONED_TOPICS, TOPICS, TRANSACTIONS_TOPIC
     from pipelines.fraud.features import FraudFeatureEngine
     from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, seed_state
     from pipelines.platform.features import apply_feature_definitions
@@ -120,18 +120,21 @@ def fraud_stream(
     from pipelines.platform.stream import ensure_topics, partition_count, percentile_summary
 
     s = Settings()
-    past = read_transactions(history, s.fraud_label_delay_days) if history else None  # a bad file fails first
-    store = apply_feature_definitions(s, [fraud_feature_objects])
-    partitioned = (TRANSACTIONS_TOPIC, LABELS_TOPIC, BY_TERMINAL_TOPIC)
-    ensure_topics(s, TOPICS, {topic: s.stream_partitions for topic in partitioned})
-    counts = {topic: partition_count(s, topic) for topic in partitioned}
     state = StateStore(state_url(s), group)
+    resuming = state.has_state()  # then the checkpoint is newer than any history file: it is not read
+    past = read_transactions(history, s.fraud_label_delay_days) if history and not resuming else None
+    store = apply_feature_definitions(s, [fraud_feature_objects])
+    ensure_topics(s, TOPICS, {topic: s.stream_partitions for topic in PARTITIONED_TOPICS})
+    counts = {topic: partition_count(s, topic) for topic in PARTITIONED_TOPICS}  # the broker's, if they existed
     if past is not None:
         seeded = seed_state(
             state, past, s.fraud_label_delay_days, counts[TRANSACTIONS_TOPIC], counts[BY_TERMINAL_TOPIC]
         )
-        say = "seeded the state with" if seeded else "resuming from the checkpoint; did not read"
-        console.print(f"{say} the history in {history}")
+        resuming = not seeded  # another replica seeded it first
+        if seeded:
+            console.print(f"seeded the state with the history in {history}")
+    if resuming and history:
+        console.print(f"resuming from the checkpoint; did not read the history in {history}")
     origins = [origin_name(t, p) for t in (TRANSACTIONS_TOPIC, LABELS_TOPIC) for p in range(counts[t])]
     built: list[FraudFeatureSink] = []
 

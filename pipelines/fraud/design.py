@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipelines.fraud.demo import FraudDemoOptions
-from pipelines.fraud.events import TOPICS
+from pipelines.fraud.events import PARTITIONED_TOPICS, TOPICS
 from pipelines.fraud.model import MODEL_NAME, TRAIN_HINT
 from pipelines.fraud.scenario_specs import SCENARIOS, WorldConfig
 from pipelines.platform.design import CanarySpec, DemoSection, Design, GateSpec, RetrainSpec, ScenarioSuite, lazy
@@ -29,6 +29,7 @@ DESIGN = Design(
     title="Fraud detection",
     summary="payments on Kafka → window features in Feast → XGBoost for imbalanced data → rules → /score",
     topics=TOPICS,
+    partitioned_topics=PARTITIONED_TOPICS,
     model_name=MODEL_NAME,
     feature_objects=lazy("feature_repo.fraud:fraud_feature_objects"),
     cli=_cli,

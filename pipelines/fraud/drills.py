@@ -65,10 +65,9 @@ def replay(path: Path, rate: float) -> list[str]:
 
 
 def topics(settings: Settings) -> dict[str, int]:
-    from pipelines.fraud.events import BY_TERMINAL_TOPIC, LABELS_TOPIC, TOPICS, TRANSACTIONS_TOPIC
+    from pipelines.fraud.events import PARTITIONED_TOPICS, TOPICS
 
-    partitioned = {TRANSACTIONS_TOPIC, LABELS_TOPIC, BY_TERMINAL_TOPIC}
-    return {topic: settings.stream_partitions if topic in partitioned else 1 for topic in TOPICS}
+    return {topic: settings.stream_partitions if topic in PARTITIONED_TOPICS else 1 for topic in TOPICS}
 
 
 def _rows(frame: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:

@@ -24,6 +24,8 @@ TOPICS = (
     BY_TERMINAL_TOPIC,
     BY_TERMINAL_TOPIC + DLQ_SUFFIX,
 )
+# Split into `stream_partitions` partitions (processors in one group share them); the others have one.
+PARTITIONED_TOPICS = (TRANSACTIONS_TOPIC, LABELS_TOPIC, BY_TERMINAL_TOPIC)
 
 
 class TransactionEvent(BaseModel):

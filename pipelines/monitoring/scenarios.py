@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.designs import all_topics, feature_definitions
+from pipelines.designs import feature_definitions, topic_partitions
 from pipelines.designs import find_design as resolve_design
 from pipelines.platform.design import Design, MonitorSpec, PreparedScenario, RetrainInputs, Scenario, ScenarioSuite
 from pipelines.platform.errors import InvalidInput
@@ -255,7 +255,7 @@ def run_scenario(
     timings["simulate_and_champion"] = time.perf_counter() - clock
     start = prepared.start
     s = scenario_settings(settings, world_config, name, window_size)
-    started = stack_up(s, all_topics(), feature_definitions())
+    started = stack_up(s, topic_partitions(s), feature_definitions())
     spec = design.monitor(s)
     try:
         clock = time.perf_counter()

@@ -244,6 +244,7 @@ class Design:
     scenarios: ScenarioSuite | None = None
     drills: Callable[[], Any] | None = None  # its fault drills' DrillSpec (pipelines/platform/drills.py)
     service_port: Callable[[Settings], int] | None = None
+    partitioned_topics: tuple[str, ...] = ()  # of `topics`: split into `stream_partitions` partitions
 
     @property
     def predictions_topic(self) -> str:

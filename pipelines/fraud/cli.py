@@ -115,7 +115,7 @@ def fraud_stream(
     from pipelines.fraud.stream import SCHEMAS, FraudFeatureSink, seed_state
     from pipelines.platform.features import apply_feature_definitions
     from pipelines.platform.processor import run_feature_processor
-    from pipelines.platform.repartition import EventTimeBuffer, Forwarder, origin_name
+    from pipelines.platform.repartition import EventTimeBuffer, Forwarder, broker_log_ends, origin_name
     from pipelines.platform.state import StateStore, state_url
     from pipelines.platform.stream import ensure_topics, partition_count, percentile_summary
 
@@ -145,7 +145,7 @@ def fraud_stream(
             store,
             FraudFeatureEngine(s.fraud_label_delay_days),
             forwarder,
-            EventTimeBuffer(BY_TERMINAL_TOPIC, origins),
+            EventTimeBuffer(BY_TERMINAL_TOPIC, origins, broker_log_ends(s)),
         )
         built.append(sink)
         return sink

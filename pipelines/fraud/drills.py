@@ -92,8 +92,14 @@ def _multiset_difference(actual: pd.DataFrame, expected: pd.DataFrame) -> tuple[
 
 
 def compare(settings: Settings, data: DrillData) -> dict[str, Any]:
-    from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, FEATURE_SERVICE, TERMINAL_FEATURES, TERMINAL_VIEW
-    from pipelines.designs import feature_definitions
+    from feature_repo.fraud import (
+        CUSTOMER_FEATURES,
+        CUSTOMER_VIEW,
+        FEATURE_SERVICE,
+        TERMINAL_FEATURES,
+        TERMINAL_VIEW,
+        fraud_feature_objects,
+    )
     from pipelines.platform.features import apply_feature_definitions, latest_per_entity, read_offline, read_online
 
     expected = data.expected
@@ -109,7 +115,7 @@ def compare(settings: Settings, data: DrillData) -> dict[str, Any]:
         missing, extra = _multiset_difference(got, want)
         out[f"offline_{name}"] = {"expected": len(want), "written": len(got), "missing": missing, "extra": extra}
         differing += max(missing, extra)
-    store = apply_feature_definitions(settings, feature_definitions())
+    store = apply_feature_definitions(settings, [fraud_feature_objects])
     customers = latest_per_entity(expected["all_customers"], "customer_id").set_index("customer_id")
     terminals = latest_per_entity(expected["all_terminals"], "terminal_id").set_index("terminal_id")
     live_customers = sorted(set(expected["customers"]["customer_id"]))

@@ -35,8 +35,8 @@ from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, TERMINAL_FEATUR
 from pipelines.fraud.events import BY_TERMINAL_TOPIC, LABELS_TOPIC, TRANSACTIONS_TOPIC, LabelEvent, TransactionEvent
 from pipelines.fraud.features import FraudFeatureEngine, backfill_features
 from pipelines.platform.features import write_feature_rows
-from pipelines.platform.microbatch import Rejection
-from pipelines.platform.repartition import EventTimeBuffer, Forwarded, Forwarder, origin_name, partition_for
+from pipelines.platform.microbatch import Rejection, clock_entries
+from pipelines.platform.repartition import EventTimeBuffer, Forwarded, Forwarder, Mark, origin_name, partition_for
 from pipelines.platform.sinkstate import SEEN, SinkBookkeeping
 from pipelines.platform.state import Checkpoint, EntryKey, Position, StateStore, TopicPartitionKey
 from pipelines.platform.stream import Envelope, encode, send_at_rate
@@ -162,10 +162,11 @@ class FraudFeatureSink:
         self._release()
         return rejected
 
-    def tick(self, caught_up: set[TopicPartitionKey]) -> None:
+    def tick(self, caught_up: dict[TopicPartitionKey, int]) -> None:
         """After every poll: source partitions read to their end for long enough are idle; tell the second stage."""
         if self.forwarder is not None:
-            self.forwarder.watermarks(self._origins(self.books.owned), self._origins(caught_up))
+            read_to = {origin_name(t, p): offset for (t, p), offset in caught_up.items() if t in SOURCE_SCHEMAS}
+            self.forwarder.watermarks(self._origins(self.books.owned), read_to)
 
     def _label(self, envelope: Envelope, event: LabelEvent) -> None:
         self.stats.labels += 1
@@ -281,9 +282,9 @@ class FraudFeatureSink:
             if topic == BY_TERMINAL_TOPIC:
                 channel = self.buffer.channel(partition)
                 channel.seen = self.books.seen[key]  # the ids released: one set for the sink and the buffer
-                for origin, mark in checkpoint.of(topic, partition, "watermark").items():
-                    at, idle = json.loads(mark)
-                    channel.mark(origin, datetime.fromisoformat(at) if at else None, bool(idle))
+                for origin, value in checkpoint.of(topic, partition, "watermark").items():
+                    mark = Mark.decode(json.loads(value))
+                    channel.mark(origin, mark.at, mark.idle, mark.through)
                 position = checkpoint.positions.get(key)
                 if position is not None:
                     self.buffer.resume(partition, position)
@@ -303,9 +304,8 @@ class FraudFeatureSink:
         out, keep = self.books.changes(self._encode)
         for topic, partition in self.books.owned:
             if topic == BY_TERMINAL_TOPIC:
-                for origin, (at, idle) in self.buffer.channel(partition).marks.items():
-                    mark = [at.isoformat() if at else None, idle]
-                    out[(topic, partition, "watermark", origin)] = json.dumps(mark).encode()
+                for origin, mark in self.buffer.channel(partition).marks.items():
+                    out[(topic, partition, "watermark", origin)] = json.dumps(mark.encode()).encode()
         return out, keep
 
     def _encode(self, kind: str, key: str) -> bytes | None:
@@ -345,6 +345,10 @@ def seed_state(
     for terminal_id in engine.terminals:
         partition = partition_for(terminal_id, repartitions)
         entries[(BY_TERMINAL_TOPIC, partition, "terminal", terminal_id)] = engine.export_terminal(terminal_id)
+    if not history.empty:  # events years older than the history are late, from the first batch on
+        newest = pd.Timestamp(history["timestamp"].max()).to_pydatetime()
+        sources = [(topic, p) for topic in (TRANSACTIONS_TOPIC, LABELS_TOPIC) for p in range(source_partitions)]
+        entries.update(clock_entries(sources, newest))
     return state.seed(entries)
 
 

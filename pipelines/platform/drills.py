@@ -115,9 +115,8 @@ class Fleet:
 
         stop_process(self.settings, name)
 
-    def drain(self, quiet_s: float, timeout_s: float) -> int:
-        """Wait until the group has checkpointed nothing for `quiet_s` (everything read), stop every processor
-        (SIGTERM: each writes its summary) and return how many exited with an error on their own."""
+    def wait_quiet(self, quiet_s: float, timeout_s: float) -> None:
+        """Wait until the group has checkpointed nothing for `quiet_s`: everything sent so far is read."""
         from pipelines.platform.infra import running
 
         deadline = time.monotonic() + timeout_s
@@ -127,8 +126,13 @@ class Fleet:
             if commit != last:
                 last, since = commit, time.monotonic()
             elif time.monotonic() - since > quiet_s:
-                break
+                return
             time.sleep(0.5)
+
+    def drain(self, quiet_s: float, timeout_s: float) -> int:
+        """`wait_quiet`, then stop every processor (SIGTERM: each writes its summary); returns how many exited
+        with an error on their own."""
+        self.wait_quiet(quiet_s, timeout_s)
         for name in list(self.started):
             self.stop(name)
         errors = 0
@@ -333,7 +337,7 @@ def _broker_restart(
     from pipelines.platform.infra import start_broker, stop_process
     from pipelines.platform.stream import ensure_topics
 
-    time.sleep(5)  # the processors checkpoint the first half
+    fleet.wait_quiet(quiet_s=10, timeout_s=300)  # the first half is read and checkpointed (idle origins: 5 s)
     say("restarting the broker (its topics and offsets are lost)")
     stop_process(settings, "kafka")
     restarted = time.monotonic()

@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlsd.stream")
 MAX_BACKOFF_S = 30.0
+CLOCK = "clock"  # checkpoint entries with the stream's newest event time, the reference for lateness
+
+
+def clock_entries(partitions: list[TopicPartitionKey], at: datetime) -> dict[tuple[str, int, str, str], bytes]:
+    """Checkpoint entries saying that the stream of `partitions` has reached `at` (a seed sets them too)."""
+    return {(topic, partition, CLOCK, "newest"): at.isoformat().encode() for topic, partition in partitions}
 
 
 @dataclass(frozen=True)
@@ -134,16 +140,22 @@ class MicroBatchLoop:
         self._backoff = 1.0
         self._isolating: dict[TopicPartitionKey, int] = {}  # partition → last offset of a failed batch on it
         self._poisoned: set[tuple[str, int, int]] = set()  # (topic, partition, offset) dead-lettered by the sink
+        self.rebalances = 0  # assignments and revocations so far
 
     # -- partitions and checkpoints
 
     def assigned(self, partitions: list[Any]) -> None:
         """Load the state of newly assigned partitions and resume each at its checkpointed position."""
+        self.rebalances += 1
         if not self.stateful or not partitions:
             return
         assert self.store is not None
         keys = [(tp.topic, tp.partition) for tp in partitions]
         checkpoint = self.store.load(keys)
+        for (_topic, _partition, kind, _key), value in checkpoint.entries.items():
+            if kind == CLOCK and value:  # lateness counts from the newest event the state has seen
+                at = datetime.fromisoformat(value.decode())
+                self.watermark = at if self.watermark is None else max(self.watermark, at)
         stale = self.verify_log(checkpoint.positions) if self.verify_log and checkpoint.positions else set()
         self.sink.restore(checkpoint, keys)  # type: ignore[attr-defined]
         for tp in partitions:
@@ -158,6 +170,7 @@ class MicroBatchLoop:
                 self.consumer.seek(tp, position.offset)
 
     def revoked(self, partitions: list[Any]) -> None:
+        self.rebalances += 1
         if self.stateful and partitions:
             self.sink.release([(tp.topic, tp.partition) for tp in partitions])  # type: ignore[attr-defined]
 
@@ -187,7 +200,13 @@ class MicroBatchLoop:
         waited = time.time() - min(record.timestamp for record in records) / 1000 if records else 0.0
         until = time.monotonic() + min(max(batch_ms / 1000 - waited, 0.0), batch_ms / 1000)
         while records and len(records) < size and (left := until - time.monotonic()) > 0:
+            rebalances = self.rebalances
             more = self.consumer.poll(timeout_ms=max(1, round(left * 1000)), max_records=size - len(records))
+            if self.rebalances != rebalances:
+                # Partitions moved inside that poll: what was read before it belongs to the old assignment (kept
+                # partitions were sought back to their checkpoint). Sinking it would write the state of a partition
+                # another processor now owns.
+                records = []
             records += [r for batch in more.values() for r in batch]
         return records
 
@@ -282,6 +301,8 @@ class MicroBatchLoop:
             assert self.store is not None
             positions = self.sink.positions(consumed)  # type: ignore[attr-defined]
             changes, keep = self.sink.changes()  # type: ignore[attr-defined]
+            if self.watermark is not None:
+                changes.update(clock_entries(list(consumed), self.watermark))
             self.store.commit(changes, positions, keep)
         else:
             positions = consumed
@@ -367,9 +388,9 @@ class MicroBatchLoop:
                 signal.signal(sig, handler)
         return self.stats
 
-    def _caught_up(self, records: list[Any]) -> set[TopicPartitionKey]:
-        """Partitions the poll returned nothing from and that are read to their high watermark."""
-        out = set()
+    def _caught_up(self, records: list[Any]) -> dict[TopicPartitionKey, int]:
+        """Partitions the poll returned nothing from and that are read to their high watermark, with that offset."""
+        out = {}
         polled = {(r.topic, r.partition) for r in records}
         for tp in self.consumer.assignment():
             if (tp.topic, tp.partition) in polled:
@@ -377,7 +398,7 @@ class MicroBatchLoop:
             high = self.consumer.highwater(tp)
             position = self.consumer.position(tp) if high is not None else None
             if high is not None and position is not None and position >= high:
-                out.add((tp.topic, tp.partition))
+                out[(tp.topic, tp.partition)] = position
         return out
 
 

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
 from pipelines.platform.features import write_feature_rows
+from pipelines.platform.microbatch import clock_entries
 from pipelines.platform.sinkstate import SinkBookkeeping
 from pipelines.platform.state import Checkpoint, EntryKey, Position, StateStore, TopicPartitionKey
 from pipelines.platform.stream import Envelope, encode, send_at_rate
@@ -218,4 +220,7 @@ def seed_state(state: StateStore, engine: RecsysFeatureEngine) -> bool:
         entries[(INTERACTIONS_TOPIC, 0, USER, user_id)] = engine.export_user(user_id)
     for item_id in engine.items:
         entries[(INTERACTIONS_TOPIC, 0, ITEM, item_id)] = engine.export_item(item_id)
+    if engine.users:  # events far older than the history are late, from the first batch on
+        newest = datetime.fromtimestamp(max(u.clock for u in engine.users.values()), UTC)
+        entries.update(clock_entries([(INTERACTIONS_TOPIC, 0), (ITEMS_TOPIC, 0)], newest))
     return state.seed(entries)

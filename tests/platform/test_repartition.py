@@ -31,9 +31,9 @@ class Feed:
     def event(self, origin: str, minutes: float, event_id: str, order: int = 1) -> None:
         self.send(Forwarded(kind="event", origin=origin, at=T0 + timedelta(minutes=minutes), id=event_id, order=order))
 
-    def mark(self, origin: str, minutes: float | None, idle: bool = False) -> None:
+    def mark(self, origin: str, minutes: float | None, idle: bool = False, through: int | None = None) -> None:
         at = None if minutes is None else T0 + timedelta(minutes=minutes)
-        self.send(Forwarded(kind="watermark", origin=origin, at=at, idle=idle))
+        self.send(Forwarded(kind="watermark", origin=origin, at=at, idle=idle, through=through))
 
 
 def ids(released: list[tuple[int, Forwarded]]) -> list[str]:
@@ -75,6 +75,25 @@ def test_an_idle_origin_stops_holding_the_others_and_a_late_event_is_counted() -
     assert ids(buffer.release()) == ["b2"] and buffer.late == 1
 
 
+def test_an_idle_origin_whose_log_grew_holds_the_others_again_until_its_events_are_forwarded() -> None:
+    ends = {"in/1": 7}  # the broker's end offset of in/1's log
+    buffer = EventTimeBuffer("by-key", ORIGINS, log_ends=lambda origins: {o: ends[o] for o in origins})
+    feed = Feed(buffer)
+    feed.mark("in/1", 3, idle=True, through=7)  # read to offset 7 and quiet
+    feed.event("in/0", 5, "a5")
+    feed.mark("in/0", 6)
+    assert ids(buffer.release()) == ["a5"]  # in/1's log still ends at 7: idle, as it said
+    ends["in/1"] = 8  # an event was appended to in/1, and its reader (crashed, say) has not forwarded it
+    feed.event("in/0", 7, "a7")
+    feed.mark("in/0", 8)
+    assert ids(buffer.release()) == [] and buffer.watermark(0, ends) == T0 + timedelta(minutes=3)
+    feed.event("in/1", 6, "b6")  # the reader (restarted) forwards it
+    feed.mark("in/1", 6)
+    assert ids(buffer.release()) == []  # in/1 has not passed 6 yet
+    feed.mark("in/1", 6, idle=True, through=8)
+    assert ids(buffer.release()) == ["b6", "a7"] and buffer.late == 0
+
+
 def test_released_ids_are_not_released_again_and_a_watermark_never_goes_back() -> None:
     buffer = EventTimeBuffer("by-key", ORIGINS)
     feed = Feed(buffer)
@@ -85,7 +104,7 @@ def test_released_ids_are_not_released_again_and_a_watermark_never_goes_back() -
     feed.event("in/0", 1, "x")  # the first stage forwarded it again after a crash
     assert ids(buffer.release()) == [] and buffer.duplicates == 1
     feed.mark("in/0", 4)  # a restarted first stage reports an older watermark
-    assert buffer.channel(0).marks["in/0"][0] == T0 + timedelta(minutes=10)
+    assert buffer.channel(0).marks["in/0"].at == T0 + timedelta(minutes=10)
 
 
 def test_a_checkpoint_never_passes_an_event_still_held() -> None:
@@ -140,9 +159,9 @@ def test_an_origin_is_idle_only_after_polls_found_it_read_to_its_end_for_idle_ms
     def idle_after_polls(seconds: float, every: float) -> bool:
         until = time.monotonic() + seconds
         while time.monotonic() < until:
-            forwarder.watermarks({"in/0"}, {"in/0"})
+            forwarder.watermarks({"in/0"}, {"in/0": 1})
             time.sleep(every)
-        forwarder.watermarks({"in/0"}, {"in/0"})
+        forwarder.watermarks({"in/0"}, {"in/0": 1})
         return sent.records[-1].idle
 
     assert not idle_after_polls(0.1, 0.02)  # read to its end, but not for long enough yet
@@ -150,7 +169,7 @@ def test_an_origin_is_idle_only_after_polls_found_it_read_to_its_end_for_idle_ms
     forwarder.forward("k", "in/0", at, 0, "b", {})  # an event: busy again
     forwarder.watermarks({"in/0"})
     assert not sent.records[-1].idle
-    forwarder.watermarks({"in/0"}, {"in/0"})
+    forwarder.watermarks({"in/0"}, {"in/0": 1})
     time.sleep(0.3)  # the loop was busy elsewhere: nobody watched the origin meanwhile
-    forwarder.watermarks({"in/0"}, {"in/0"})
+    forwarder.watermarks({"in/0"}, {"in/0": 1})
     assert not sent.records[-1].idle

@@ -5,7 +5,7 @@ UV := .tools/bin/uv
 VENV := .venv
 MLSD := $(VENV)/bin/mlsd
 
-.PHONY: install demo test test-unit lint typecheck up down bench clean
+.PHONY: install demo test test-unit lint typecheck up down bench drills clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -43,6 +43,9 @@ down: install
 
 bench: install  ## every benchmark in benchmarks/, results in benchmarks/results/
 	$(VENV)/bin/python -m benchmarks.run_all
+
+drills: install  ## the fault drills at full size (about 25 min), results in benchmarks/results/drills/
+	$(VENV)/bin/python -m benchmarks.drills
 
 clean:
 	rm -rf .mlsd .pytest_cache .mypy_cache .ruff_cache

@@ -75,6 +75,7 @@ class DrillResult:
     dead_lettered: int = 0
     comparison: dict[str, Any] = field(default_factory=dict)
     poison: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)  # what the drill was run with, to run it again
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -227,6 +228,16 @@ def run_drill(
     s = drill_settings(settings, scenario)
     rng = random.Random(seed)
     result = DrillResult(scenario, design, processors)
+    result.parameters = {
+        "size": size,
+        "kills": kills,
+        "rate": rate,
+        "seed": seed,
+        "idle_s": idle_s,
+        "partitions": s.stream_partitions,
+        "online_store": s.feast_online_store,
+        "cpus": os.cpu_count(),
+    }
     start_broker(s, [])
     topics = spec.topics(s)
     ensure_topics(s, list(topics), topics)
@@ -339,14 +350,20 @@ def _broker_restart(
 
     fleet.wait_quiet(quiet_s=10, timeout_s=300)  # the first half is read and checkpointed (idle origins: 5 s)
     say("restarting the broker (its topics and offsets are lost)")
+    before = _latest_commit(settings, fleet.group)
     stop_process(settings, "kafka")
     restarted = time.monotonic()
     start_broker(settings, [])
     ensure_topics(settings, list(topics), topics)
+    sending = round(time.monotonic() - restarted, 2)
     if data.second_half is not None:
         start_replay(settings, spec, data.second_half, rate, env)
-        wait_replay(settings)
-    result.kills.append({"broker_restart": True, "seconds_to_send_again": round(time.monotonic() - restarted, 2)})
+    # Recovered: the processors rejoined, found their checkpoints no longer match the log, and checkpoint again.
+    recovered = _recovered(settings, fleet.group, before, restarted, 300)
+    wait_replay(settings)
+    result.kills.append({"broker_restart": True, "seconds_to_send_again": sending, "recovered_s": recovered})
+    if recovered is not None:
+        result.recovery_s.append(recovered)
 
 
 def _merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:

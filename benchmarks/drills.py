@@ -1,6 +1,6 @@
 """The fault drills at full size, one after another (`make drills`): the figures in docs/designs/fraud.md.
 
-Each runs `mlsd drill` in a scratch directory and writes benchmarks/results/drills/<name>.json. About 25 minutes on
+Each runs `mlsd drill` in a scratch directory and writes benchmarks/results/drills/<name>.json. About 17 minutes on
 2 cores; nothing else should run meanwhile (the recovery times and the rates depend on it).
 """
 

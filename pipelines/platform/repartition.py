@@ -77,33 +77,27 @@ def parse_origin(origin: str) -> TopicPartitionKey:
 def broker_log_ends(settings: Settings) -> Callable[[list[str]], dict[str, int]]:
     """`log_ends` for an `EventTimeBuffer`: the end offsets of origins, from the broker.
 
-    An origin the broker does not answer for counts as grown: an idle mark is trusted only once checked."""
+    An origin the broker does not answer for (three tries) counts as grown: an idle mark counts only once checked."""
     from kafka import TopicPartition
 
-    from pipelines.platform.stream import make_consumer
+    from pipelines.platform.stream import log_ends, make_consumer
 
-    consumer: list[Any] = []
+    consumer: list[Any] = []  # one connection, opened at the first call
 
-    def ask(origins: list[str]) -> dict[str, int]:
-        if not consumer:
-            consumer.append(make_consumer(settings, [], group_id=None))  # type: ignore[arg-type]
-        ends = consumer[0].end_offsets([TopicPartition(*parse_origin(o)) for o in origins])
-        return {origin_name(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
-
-    def log_ends(origins: list[str]) -> dict[str, int]:
-        out = dict.fromkeys(origins, GROWN)
-        for attempt in range(3):
-            missing = [o for o in origins if out[o] == GROWN]
-            # kafka-python raises KeyError for all when one partition is missing from the answer: ask alone then
-            for group in [missing] if attempt == 0 else [[o] for o in missing]:
-                with contextlib.suppress(Exception):
-                    out.update(ask(group))
-            if GROWN not in out.values():
+    def ends_of(origins: list[str]) -> dict[str, int]:
+        partitions = {TopicPartition(*parse_origin(o)): o for o in origins}
+        ends: dict[Any, int] = {}
+        for _attempt in range(3):
+            with contextlib.suppress(Exception):  # the broker is away: held back, asked again at the next batch
+                if not consumer:
+                    consumer.append(make_consumer(settings, [], group_id=None))  # type: ignore[arg-type]
+                ends = log_ends(consumer[0], partitions)
+            if len(ends) == len(partitions):
                 break
             time.sleep(0.1)
-        return out
+        return {origin: ends.get(tp, GROWN) for tp, origin in partitions.items()}
 
-    return log_ends
+    return ends_of
 
 
 def partition_for(key: str, partitions: int) -> int:

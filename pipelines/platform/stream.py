@@ -133,6 +133,22 @@ def partition_count(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
+def log_ends(consumer: KafkaConsumer, partitions: Iterable[Any]) -> dict[Any, int]:
+    """The broker's end offset of each partition it answers for (one it does not answer for is left out).
+
+    kafka-python raises for all when the embedded broker leaves one out of its answer: those are asked one by one.
+    The embedded broker's answer is the last record batch's base offset + 1, short of a multi-record batch's end."""
+    wanted = list(partitions)
+    try:
+        return {tp: int(end) for tp, end in consumer.end_offsets(wanted).items()}
+    except Exception:  # noqa: BLE001 - asked again one by one below
+        out: dict[Any, int] = {}
+        for tp in wanted:
+            with contextlib.suppress(Exception):
+                out.update({t: int(end) for t, end in consumer.end_offsets([tp]).items()})
+        return out
+
+
 def stale_positions(settings: Settings, positions: Mapping[tuple[str, int], Any]) -> set[tuple[str, int]]:
     """The stored positions whose log no longer holds the record they were taken after (a new log: the broker was
     restarted and lost its topics, or the topic was recreated). `positions` map (topic, partition) → Position."""
@@ -148,10 +164,7 @@ def stale_positions(settings: Settings, positions: Mapping[tuple[str, int], Any]
     consumer = make_consumer(settings, [], group_id=None)  # type: ignore[arg-type]
     partitions = {key: TopicPartition(*key) for key in to_check}
     try:
-        try:
-            ends = consumer.end_offsets(list(partitions.values()))
-        except Exception:  # noqa: BLE001 - kafka-python fails all when one is missing from the answer: read them all
-            ends = dict.fromkeys(partitions.values(), 1)
+        ends = log_ends(consumer, partitions.values())
         stale = {key for key, tp in partitions.items() if ends.get(tp) == 0}
         wanted = {tp: to_check[key] for key, tp in partitions.items() if key not in stale}
         consumer.assign(list(wanted))
@@ -180,14 +193,16 @@ def stale_positions(settings: Settings, positions: Mapping[tuple[str, int], Any]
 def end_offsets_lag(consumer: KafkaConsumer) -> int:
     """Messages not yet consumed on the assigned partitions (consumer lag).
 
-    An end offset is the larger of the broker's ListOffsets answer and the high watermark of the last fetch: the
-    embedded broker answers ListOffsets with the last record batch's base offset + 1, short of a multi-record batch.
+    An end offset is the larger of the broker's answer (`log_ends`, short on the embedded broker) and the high
+    watermark of the last fetch.
     """
     assigned = consumer.assignment()
     if not assigned:
         return 0
-    ends = consumer.end_offsets(list(assigned))
-    return sum(max(0, max(ends[tp], consumer.highwater(tp) or 0) - (consumer.position(tp) or 0)) for tp in assigned)
+    ends = log_ends(consumer, assigned)
+    return sum(
+        max(0, max(ends.get(tp, 0), consumer.highwater(tp) or 0) - (consumer.position(tp) or 0)) for tp in assigned
+    )
 
 
 @dataclass

@@ -94,13 +94,12 @@ def register_copies(n: int) -> list[str]:
 
 
 def reload_under_load(settings: Settings, payloads: list[dict[str, Any]], rps: float, seconds: float) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
     from pipelines.fraud.scoring import load_fraud_model
+    from pipelines.platform.registry import alias_version, promote_version
 
     versions = register_copies(2)
     started = time.perf_counter()
-    load_fraud_model(settings, "champion")
+    load_fraud_model(settings, str(alias_version(MODEL_NAME, "champion")))
     load_seconds = time.perf_counter() - started
     segments: dict[str, Any] = {}
     swaps = []
@@ -115,7 +114,8 @@ def reload_under_load(settings: Settings, payloads: list[dict[str, Any]], rps: f
         for n, version in enumerate(versions, start=1):
             watch = SwapWatch(base, version)
             moved_at = time.monotonic()
-            MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version)
+            # Through the registry module, as the gate does: an alias moved any other way is never served.
+            promote_version(MODEL_NAME, version, "hot-reload benchmark", command="benchmarks/hot_reload.py")
             watch.thread.start()
             segments[f"during_reload_{n}"] = summary(load(1000 * (n + 1)))
             watch.thread.join(60)
@@ -249,9 +249,10 @@ def main() -> None:
         payloads = payloads_from_frame(frame.tail(20_000))
         reload = reload_under_load(settings, payloads, args.rps, args.segment_seconds)
         print(reload, flush=True)
-        from mlflow import MlflowClient
+        from pipelines.platform.registry import set_alias
 
-        MlflowClient().set_registered_model_alias(MODEL_NAME, "challenger", "1")  # what shadow mode scores with
+        # What shadow mode scores with (audited, so the services accept it).
+        set_alias(MODEL_NAME, "challenger", "1", "register", "hot-reload benchmark: shadow challenger")
         cpu = cpu_per_request(settings, payloads, args.compare_with)
         check = hot_path(settings, payloads, args.hot_path_seconds, args.rounds, args.compare_with)
     save(

@@ -54,6 +54,17 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How often /recommend re-reads the catalogue's item features (0: never)"
     )
 
+    serving_store_budget_ms: float = Field(
+        default=20.0, gt=0, description="Longest a request waits for the online store before it answers degraded"
+    )
+    serving_store_cooldown_seconds: float = Field(
+        default=1.0, gt=0, description="After repeated store failures, requests skip the store this long, then retry"
+    )
+    serving_max_request_bytes: int = Field(default=65_536, ge=1024, description="Larger request bodies get a 413")
+    fraud_degraded_amount_limit: float = Field(
+        default=1000.0, gt=0, description="Without features (store down), amounts above this go to review"
+    )
+
     # -- Deployment: how a service uses the registry aliases (pipelines/platform/deployment.py)
     serving_mode: Literal["off", "shadow", "canary"] = Field(
         default="off", description="off: champion only; shadow: challenger scores silently; canary: share served"
@@ -168,7 +179,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_",)),
     ("MLflow", ("mlflow_",)),
     ("Feast", ("feast_",)),
-    ("Serving", ("fraud_service_", "recsys_service_", "recsys_item_")),
+    (
+        "Serving",
+        ("fraud_service_", "recsys_service_", "recsys_item_", "serving_store_", "serving_max_", "fraud_degraded_"),
+    ),
     ("Deployment", ("serving_mode", "canary_share", "model_refresh_")),
     ("Fraud design", ("fraud_",)),
     ("Promotion gate", ("gate_",)),

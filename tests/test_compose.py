@@ -7,6 +7,9 @@ against Settings, and the common settings block is validated by Settings itself.
 
 from __future__ import annotations
 
+import ast
+import configparser
+import functools
 import json
 import re
 import shlex
@@ -50,7 +53,10 @@ BENTOML_SERIES = {
 NO_HEALTHCHECK: dict[str, str] = {}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?-|:?\?)[^}]*)?\}")
+# `${VAR:?message}`: compose refuses to start while VAR is unset or empty, and prints the message.
+REQUIRED_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}")
 REFERENCE_MARK = "<ref>"
+REQUIRED_MARK = "<required>"
 URL_PASSWORD = re.compile(r"://[^/:@\s]+:(?P<password>[^@\s]+)@")
 _REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
 # PromQL pieces that are not metric names: strings, label matchers, ranges, Grafana variables, grouping lists.
@@ -67,8 +73,11 @@ _BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P
 
 
 def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
-    """Resolve `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}` and `$$` as compose does."""
-    env = env or {}
+    """Resolve `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}` and `$$` as compose does.
+
+    Without `env`, the variables compose requires have .env.example's placeholders (as after `cp .env.example .env`)
+    and every other variable is unset, so that references take their compose defaults."""
+    env = required_example_env() if env is None else env
 
     def replace(match: re.Match[str]) -> str:
         if match["dollar"]:
@@ -97,12 +106,44 @@ def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-def environment(service: Mapping[str, Any]) -> dict[str, str]:
-    """A service's environment as a dict, whichever of the two compose forms it uses, interpolated with defaults."""
+def raw_environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict, whichever of the two compose forms it uses, `${...}` left as written."""
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(key): interpolate(str(value)) for key, value in env.items()}
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's environment, interpolated as `interpolate` does without an explicit environment."""
+    return {key: interpolate(value) for key, value in raw_environment(service).items()}
+
+
+def references(value: str) -> Iterator[tuple[str, str, str]]:
+    """(name, operator, argument) of every `${...}` reference in a string; `$VAR` gives (VAR, "", "")."""
+    for match in _REFERENCE.finditer(value):
+        if match["named"]:
+            yield match["named"], "", ""
+        elif match["braced"] is not None and (braced := _BRACED.fullmatch(match["braced"])):
+            yield braced["name"], braced["op"] or "", braced["arg"] or ""
+
+
+def required_variables(compose: Mapping[str, Any] | None = None) -> set[str]:
+    """Variables the compose file requires (`${VAR:?message}`); comments do not count."""
+    compose = compose or load_compose()
+    return {name for _, value in strings(compose) for name, op, _ in references(value) if op == ":?"}
+
+
+def example_env() -> dict[str, str]:
+    """The variables .env.example sets, with their values."""
+    return dict(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+
+
+@functools.cache
+def required_example_env() -> dict[str, str]:
+    """.env.example's placeholders for the variables compose requires."""
+    example = example_env()
+    return {name: example[name] for name in required_variables() if name in example}
 
 
 def settings_fields(env: Mapping[str, str]) -> dict[str, str]:
@@ -146,9 +187,33 @@ def resolve_mlsd(argv: list[str]) -> Any:
 
 
 def url_passwords(value: str) -> list[str]:
-    """Passwords in `scheme://user:password@host` URLs, with every `${...}` reference replaced by REFERENCE_MARK."""
-    masked = WHOLE_REFERENCE.sub(REFERENCE_MARK, value)
+    """Passwords in `scheme://user:password@host` URLs, with every required `${VAR:?...}` reference replaced by
+    REQUIRED_MARK and every other `${...}` reference by REFERENCE_MARK."""
+
+    def mark(match: re.Match[str]) -> str:
+        return REQUIRED_MARK if REQUIRED_REFERENCE.fullmatch(match[0]) else REFERENCE_MARK
+
+    masked = WHOLE_REFERENCE.sub(mark, value)
     return [match["password"] for match in URL_PASSWORD.finditer(masked)]
+
+
+def secret_problems(node: Any) -> list[tuple[str, str]]:
+    """(where, value) of every string that lets compose start with a known secret: a literal value under a secret's
+    key or as a URL's password, or a reference to a secret with a default instead of `${VAR:?message}` (whose
+    message names the variable and .env, so that the person starting compose knows what to set and where)."""
+    problems = []
+    for path, value in strings(node):
+        where = ".".join(path)
+        if SECRET_KEY.search(path[-1] if path else "") and not REQUIRED_REFERENCE.fullmatch(value):
+            problems.append((where, value))
+        elif any(password != REQUIRED_MARK for password in url_passwords(value)):
+            problems.append((where, value))
+        elif any(
+            SECRET_KEY.search(name) and (op != ":?" or name not in arg or ".env" not in arg)
+            for name, op, arg in references(value)
+        ):
+            problems.append((where, value))
+    return problems
 
 
 def is_project(service: Mapping[str, Any]) -> bool:
@@ -670,31 +735,118 @@ def test_the_promql_name_reader() -> None:
     assert metric_names(expr) == {"a_bucket", "b_total", "c", "d"}
 
 
-def test_no_literal_secrets(compose: dict[str, Any]) -> None:
-    for path, value in strings(compose):
-        where = ".".join(path)
-        if SECRET_KEY.search(path[-1] if path else ""):
-            assert WHOLE_REFERENCE.fullmatch(value), f"{where} holds a literal secret; use ${{VAR:-...}}"
-        for password in url_passwords(value):
-            assert password == REFERENCE_MARK, f"{where} has a literal password in a URL"
+def test_no_secret_has_a_literal_value_or_a_default(compose: dict[str, Any]) -> None:
+    problems = secret_problems(compose)
+    assert not problems, "secrets must be ${VAR:?set VAR in .env ...}, without a value or default: " + "; ".join(
+        f"{where}={value!r}" for where, value in problems
+    )
     assert ".env" in DOCKERIGNORE.read_text().split(), ".env must stay out of the image"
 
 
-def test_the_secret_check_catches_literals() -> None:
-    literal = {
+def test_the_secret_check_catches_literals_and_defaults() -> None:
+    compose = {
         "services": {
             "db": {
-                "environment": {"POSTGRES_PASSWORD": "hunter2", "URL": "pg://u:pw@db/x", "OK": "pg://${U}:${P:-x}@db"}
+                "environment": {
+                    "POSTGRES_PASSWORD": "hunter2",
+                    "GF_SECURITY_ADMIN_PASSWORD": "${GRAFANA_ADMIN_PASSWORD:-admin}",
+                    "API_TOKEN": "${API_TOKEN:?required}",  # the message does not say what to set where
+                    "URL": "pg://u:pw@db/x",
+                    "DEFAULTED_URL": "pg://${U:-u}:${P:-mlsd}@db/x",
+                    "OPTIONAL_URL": "pg://${U:-u}:${P}@db/x",
+                    "OK_URL": "pg://${U:-u}:${P:?set P in .env}@db/x",
+                    "SECRET_KEY": "${SECRET_KEY:?set SECRET_KEY in .env (copy .env.example)}",
+                    "USER": "${GRAFANA_ADMIN_USER:-admin}",
+                }
             }
         }
     }
-    flagged = [
-        value
-        for path, value in strings(literal)
-        if (SECRET_KEY.search(path[-1]) and not WHOLE_REFERENCE.fullmatch(value))
-        or any(password != REFERENCE_MARK for password in url_passwords(value))
-    ]
-    assert flagged == ["hunter2", "pg://u:pw@db/x"]
+    assert [where.rpartition(".")[2] for where, _ in secret_problems(compose)] == [
+        "POSTGRES_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD", "API_TOKEN", "URL", "DEFAULTED_URL", "OPTIONAL_URL",
+    ]  # fmt: skip
+
+
+def test_compose_refuses_to_start_without_each_secret(compose: dict[str, Any]) -> None:
+    required = required_variables(compose)
+    secrets = {"POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    assert secrets | {"GRAFANA_ADMIN_PASSWORD"} <= required
+    values = [value for _, value in strings(compose)]
+    for name in sorted(required):
+        for env in ({k: v for k, v in required_example_env().items() if k != name}, {**required_example_env(), name: ""}):
+            with pytest.raises(ValueError, match=f"{name} is required: set {name} in .env"):
+                for value in values:
+                    interpolate(value, env)
+
+
+def test_env_example_has_a_placeholder_for_every_required_variable(compose: dict[str, Any]) -> None:
+    example = example_env()
+    for name in sorted(required_variables(compose)):
+        assert name in example, f".env.example does not list {name}, which compose requires"
+        assert "change-me" in example[name], f".env.example must show a change-me placeholder for {name}"
+    assert "change every value that reads change-me" in ENV_EXAMPLE.read_text().lower()
+
+
+# ---------------------------------------------------------------- MLflow authentication
+
+
+def test_the_mlflow_server_runs_the_basic_auth_app(
+    tmp_path: Path, services: dict[str, dict[str, Any]], common_settings: Settings
+) -> None:
+    from pipelines.platform.infra import MLFLOW_AUTH_APP, mlflow_server_command
+
+    server = services["mlflow"]
+    assert command(server)[:3] == ["mlsd", "infra", "mlflow-server"]
+    raw = raw_environment(server)
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert REQUIRED_REFERENCE.fullmatch(raw.get(name, "")), f"the mlflow service needs {name} from .env"
+    env = environment(server)
+    config = env.get("MLFLOW_AUTH_CONFIG_PATH", "")
+    mounted = [volume.split(":")[1] for volume in server.get("volumes", [])]
+    assert config.startswith("/"), "MLFLOW_AUTH_CONFIG_PATH turns basic-auth on and must be an absolute path"
+    assert not any(config.startswith(target.rstrip("/") + "/") for target in mounted), (
+        "the ini holds passwords: keep it off the volumes other services mount"
+    )
+    # What `mlsd infra mlflow-server` runs in that container, with the ini redirected to tmp_path.
+    ini = tmp_path / "basic_auth.ini"
+    argv = mlflow_server_command(common_settings, "0.0.0.0", env={**env, "MLFLOW_AUTH_CONFIG_PATH": str(ini)})
+    assert argv[-2:] == ["--app-name", MLFLOW_AUTH_APP] and MLFLOW_AUTH_APP == "basic-auth"
+    parser = configparser.ConfigParser()  # MLflow reads it this way (mlflow/server/auth/config.py)
+    parser.read(ini)
+    assert parser["mlflow"]["admin_password"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert parser["mlflow"]["admin_username"] == env["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert parser["mlflow"]["database_uri"] == common_settings.backend_store_uri
+    assert "@postgres:5432/" in parser["mlflow"]["database_uri"], "the users must outlive the container"
+
+
+def test_every_mlflow_client_signs_in_as_the_admin_the_server_creates(services: dict[str, dict[str, Any]]) -> None:
+    server = raw_environment(services["mlflow"])
+    clients = {
+        name
+        for name, service in services.items()
+        if {"MLSD_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"} & set(raw_environment(service))
+    }
+    assert {"trainer", "scoring-service", "recsys-trainer", "recommend-service", "fraud-monitor"} <= clients
+    for name in sorted(clients):
+        env = raw_environment(services[name])
+        assert env.get("MLFLOW_TRACKING_USERNAME") == server["MLFLOW_AUTH_ADMIN_USERNAME"], name
+        assert env.get("MLFLOW_TRACKING_PASSWORD") == server["MLFLOW_AUTH_ADMIN_PASSWORD"], name
+
+
+def test_health_probes_reach_mlflow_without_credentials(services: dict[str, dict[str, Any]]) -> None:
+    """The compose healthcheck and connect_mlflow's probe call /health without credentials: the basic-auth app must
+    leave it open. Its module is read, not imported: importing it reads the auth config and opens its store."""
+    import inspect
+
+    import mlflow
+
+    from pipelines.platform.registry import connect_mlflow
+
+    source = (Path(mlflow.__file__).parent / "server" / "auth" / "__init__.py").read_text()
+    found = re.search(r"^_UNPROTECTED_PATH_PREFIXES = (\(.*?\))$", source, re.MULTILINE)
+    assert found, "MLflow's basic-auth app no longer lists its unprotected paths where this test looks"
+    assert "/health" in ast.literal_eval(found[1])
+    assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
+    assert '/health"' in inspect.getsource(connect_mlflow)
 
 
 # ---------------------------------------------------------------- image

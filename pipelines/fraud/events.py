@@ -63,10 +63,12 @@ class Decision(BaseModel):
 
     transaction_id: str
     decision: Literal["approve", "review", "decline"]
-    score: float
+    score: float | None  # None when degraded: the rules decided without a model score
     model_version: str
     variant: Variant = "champion"  # "challenger" when a canary share served this customer
     request_id: str = ""
     reasons: list[str]
     rule: str | None = None
     latency_ms: float
+    degraded: bool = False  # True: the features could not be read in time, the rules alone decided
+    degraded_reason: str = ""  # why, in one sentence

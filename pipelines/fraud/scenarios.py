@@ -289,8 +289,9 @@ def prepare(
 
 def publish(settings: Settings, prepared: PreparedScenario, say: Callable[[str], None]) -> dict[str, int]:
     """Features and the champion's scores for every stream payment, then everything on the topics in event order."""
+    from pipelines.fraud.model import MODEL_NAME, TRAIN_HINT
     from pipelines.fraud.scoring import load_fraud_model
-    from pipelines.platform.registry import CHAMPION
+    from pipelines.platform.registry import CHAMPION, require_alias
 
     say(f"features for {len(prepared.stream):,} stream payments through the streaming engine")
     with tempfile.TemporaryDirectory(prefix="mlsd-drift-") as tmp:
@@ -301,6 +302,8 @@ def publish(settings: Settings, prepared: PreparedScenario, say: Callable[[str],
             Path(tmp),
             prepared.extras.get("stale_from"),
         )
-    records = prediction_records(frame, load_fraud_model(settings, CHAMPION), settings)
+    records = prediction_records(
+        frame, load_fraud_model(settings, require_alias(MODEL_NAME, CHAMPION, TRAIN_HINT)), settings
+    )
     say(f"publishing {len(records):,} predictions with their payments and chargebacks")
     return publish_events(settings, prepared.stream, records, prepared.extras.get("bad_events", []))

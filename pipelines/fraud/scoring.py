@@ -22,18 +22,14 @@ import numpy as np
 from feature_repo.fraud import CUSTOMER_FEATURES, FEATURE_SERVICE, TERMINAL_FEATURES
 from pipelines.fraud.events import Decision, TransactionEvent
 from pipelines.fraud.features import MODEL_FEATURES, STORED_MODEL_FEATURES, request_features
-from pipelines.fraud.model import MODEL_NAME, TRAIN_HINT, load_fraud_version
-from pipelines.fraud.rules import Outcome, RulesConfig, decide
-from pipelines.platform.deployment import (
-    CHALLENGER,
-    Deployment,
-    DeploymentMetrics,
-    ServingModel,
-    defer_to_event_loop,
-)
+from pipelines.fraud.model import MODEL_NAME, load_fraud_version
+from pipelines.fraud.rules import Outcome, RulesConfig, decide, decide_without_score
+from pipelines.platform.deployment import Deployment, DeploymentMetrics, defer_to_event_loop
 from pipelines.platform.features import open_feature_store
+from pipelines.platform.guard import GuardedDependency
 from pipelines.platform.predictions import PredictionRecord, Variant
-from pipelines.platform.registry import connect_mlflow, require_alias
+from pipelines.platform.registry import connect_mlflow
+from pipelines.platform.watcher import CHALLENGER, ServingModel
 from pipelines.settings import Settings
 
 STORED = CUSTOMER_FEATURES + TERMINAL_FEATURES
@@ -55,9 +51,9 @@ class FraudModel:
         return score, outcome, rule
 
 
-def load_fraud_model(settings: Settings, alias: str) -> ServingModel[FraudModel]:
-    """The design's loader for the platform watcher: registry → checked, single-threaded booster + rules."""
-    loaded = load_fraud_version(require_alias(MODEL_NAME, alias, TRAIN_HINT))
+def load_fraud_model(settings: Settings, version: str) -> ServingModel[FraudModel]:
+    """The design's loader for the platform watcher: registered version → checked, single-threaded booster + rules."""
+    loaded = load_fraud_version(version)
     booster = loaded.booster
     # One request is one row: a second OpenMP thread only adds spin-waiting next to the server's threads.
     booster.set_param({"nthread": 1})
@@ -90,6 +86,11 @@ class FraudScorer:
         connect_mlflow(settings)
         self.store = open_feature_store(settings)
         self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
+        # The store read is the request's only I/O: bounded, and skipped while the store keeps failing.
+        self.store_guard = GuardedDependency(
+            "online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds
+        )
+        self.metrics = metrics
         self.deployment: Deployment[FraudModel] = Deployment.serving(
             DESIGN_NAME, MODEL_NAME, partial(load_fraud_model, settings), settings, publish, metrics, defer, watch
         )
@@ -113,9 +114,8 @@ class FraudScorer:
         ).to_dict()
         return {name: _number(response.get(name, [None])[0]) for name in STORED}
 
-    def model_matrix(self, transaction: TransactionEvent) -> np.ndarray:
+    def model_matrix(self, transaction: TransactionEvent, stored: dict[str, float]) -> np.ndarray:
         """One row in MODEL_FEATURES order: request-time features plus the stored rows (missing history as 0)."""
-        stored = self.online_features(transaction.customer_id, transaction.terminal_id)
         columns: dict[str, Any] = {name: np.array([value]) for name, value in stored.items()}
         columns["timestamp_epoch"] = np.array([transaction.timestamp.timestamp()])
         columns["amount"] = np.array([transaction.amount])
@@ -125,14 +125,34 @@ class FraudScorer:
         return np.asarray([row], dtype=np.float32)
 
     def score(self, transaction: TransactionEvent) -> Decision:
+        """Score without an event loop (tests, benchmarks): the store read still runs within its budget."""
         started = time.perf_counter()
+        stored, problem = self.store_guard.attempt_blocking(
+            partial(self.online_features, transaction.customer_id, transaction.terminal_id)
+        )
+        return self.decide(transaction, stored, problem, started)
+
+    async def score_async(self, transaction: TransactionEvent) -> Decision:
+        """The service's path: the store read runs off the event loop, and the loop waits at most the budget."""
+        started = time.perf_counter()
+        stored, problem = await self.store_guard.attempt(
+            partial(self.online_features, transaction.customer_id, transaction.terminal_id)
+        )
+        return self.decide(transaction, stored, problem, started)
+
+    def decide(
+        self, transaction: TransactionEvent, stored: dict[str, float] | None, problem: str | None, started: float
+    ) -> Decision:
+        """The decision from the stored features read (or, without them, from the rules alone), logged."""
         # Models taken once: a hot reload during this request changes the next request, not this one.
         assignment, model, shadow = self.deployment.assign(transaction.customer_id)
-        matrix = self.model_matrix(transaction)
+        request_id = uuid.uuid4().hex
+        if stored is None:
+            return self._degraded(transaction, request_id, model, assignment.served, problem or "", started)
+        matrix = self.model_matrix(transaction, stored)
         features_ms = (time.perf_counter() - started) * 1000
         score, outcome, rule = model.model.decide(matrix, transaction)
         reasons = self.reasons(model.model.booster, matrix) if outcome != "approve" else []
-        request_id = uuid.uuid4().hex
         decision = Decision(
             transaction_id=transaction.transaction_id,
             decision=outcome,
@@ -162,6 +182,38 @@ class FraudScorer:
             self.deployment.shadow.submit(
                 lambda: self._shadow(transaction, request_id, shadow, matrix, features, features_ms)
             )
+        return decision
+
+    def _degraded(
+        self,
+        transaction: TransactionEvent,
+        request_id: str,
+        model: ServingModel[FraudModel],
+        variant: Variant,
+        problem: str,
+        started: float,
+    ) -> Decision:
+        """No features, so no score: the rules alone decide, and the answer, its record and a metric say so."""
+        outcome, rule = decide_without_score(
+            transaction.amount, transaction.customer_id, transaction.terminal_id, model.model.rules
+        )
+        decision = Decision(
+            transaction_id=transaction.transaction_id,
+            decision=outcome,
+            score=None,
+            model_version=model.version,
+            variant=variant,
+            request_id=request_id,
+            reasons=[],
+            rule=rule,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            degraded=True,
+            degraded_reason=problem,
+        )
+        record = _record(transaction, request_id, model, variant, True, {}, None, outcome, decision.latency_ms)
+        self.deployment.log(record.model_copy(update={"degraded": problem}))
+        if self.metrics is not None:
+            self.metrics.answered_degraded("online_store")
         return decision
 
     def _shadow(
@@ -211,8 +263,13 @@ class FraudScorer:
         order = np.argsort(contributions)[::-1][:TOP_REASONS]
         return [f"{MODEL_FEATURES[i]}={matrix[0, i]:.4g}" for i in order if contributions[i] > 0]
 
+    def describe(self) -> dict[str, Any]:
+        """What /model shows besides the champion: routing, reloads, the prediction log, the online store's state."""
+        return {**self.deployment.describe(), "online_store": self.store_guard.describe()}
+
     def close(self) -> None:
         self.deployment.close()
+        self.store_guard.close()
 
 
 def _record(
@@ -222,7 +279,7 @@ def _record(
     variant: Variant,
     served: bool,
     features: dict[str, float | None],
-    score: float,
+    score: float | None,
     outcome: str,
     latency_ms: float,
 ) -> PredictionRecord:

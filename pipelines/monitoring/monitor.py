@@ -69,6 +69,7 @@ class MonitorRun:
     windows: list[WindowResult] = field(default_factory=list)
     served_records: int = 0
     shadow_records: int = 0
+    degraded_records: int = 0  # served without features (a store was down): left out of the windows
     label_events: int = 0
     dead_lettered: int = 0
     alerts_published: int = 0
@@ -86,6 +87,7 @@ class MonitorRun:
             "windows": len(self.windows),
             "served_records": self.served_records,
             "shadow_records": self.shadow_records,
+            "degraded_records": self.degraded_records,
             "label_events": self.label_events,
             "dead_lettered": self.dead_lettered,
             "alerts_published": self.alerts_published,
@@ -153,6 +155,9 @@ class Monitor:
                     continue
                 if not event.served:
                     self.run.shadow_records += 1  # the challenger's silent answers stay out of drift
+                    continue
+                if event.degraded:
+                    self.run.degraded_records += 1  # answered without features: nothing to judge drift on
                     continue
                 self.run.served_records += 1
                 if self.max_windows is None or len(self.run.windows) < self.max_windows:

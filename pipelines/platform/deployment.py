@@ -1,19 +1,16 @@
-"""Deployment patterns every serving design shares: hot reload, shadow and canary routing, the prediction log.
+"""Deployment patterns every serving design shares: routing, shadow, degraded answers, the prediction log.
 
-A design supplies only a loader (`alias -> ServingModel`: fetch from the registry, check, prepare for scoring)
-and its scoring code; this module decides which model answers a request and keeps the models current:
+A design supplies only a loader (`version -> ServingModel`: fetch from the registry, check, prepare for scoring)
+and its scoring code; this module decides which model answers a request:
 
-- `ModelSlots` holds the `champion` and the `challenger`. Swapping one is a single reference assignment, so a
-  request that took a model at its start finishes on it while later requests get the new one.
-- `ModelWatcher` looks up the aliases every `model_refresh_seconds` in a background thread and loads a moved
-  alias there, off the request path. A failed load keeps the old model and logs one line; removing the
-  `challenger` alias ends a shadow or canary.
+- the slots and the watcher that keeps them on the gate-approved versions live in `pipelines.platform.watcher`;
 - `TrafficRouter`: `serving_mode` off | shadow | canary. Canary traffic is chosen by a seeded hash of a key
   (the customer for fraud), so the same key always lands on the same variant and a test can predict it.
 - `ShadowRunner` runs the challenger after the response is computed, on the event loop's next turn when there is
   one; its errors are counted and logged, never raised.
-- `PredictionLogger` sends one `PredictionRecord` per prediction, served or shadow, to `<design>.predictions`.
-- `DeploymentMetrics`: Prometheus gauges and counters (model versions, predictions, shadow errors).
+- `PredictionLogger` (`pipelines.platform.predictions`) queues one `PredictionRecord` per prediction, served or
+  shadow, for `<design>.predictions`, without waiting for the broker.
+- `DeploymentMetrics`: Prometheus gauges and counters (model versions, predictions, degraded answers, shadow errors).
 """
 
 from __future__ import annotations
@@ -21,206 +18,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, get_args
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pipelines.platform import registry
-from pipelines.platform.predictions import PredictionRecord, Variant, predictions_topic
-from pipelines.platform.stream import encode, make_producer
+from pipelines.platform.errors import one_line
+from pipelines.platform.predictions import PredictionLogger, PredictionRecord, Variant
+from pipelines.platform.watcher import (
+    CHALLENGER,
+    CHAMPION,
+    VARIANTS,
+    Loader,
+    ModelSlots,
+    ModelWatcher,
+    ServingModel,
+    VersionLookup,
+)
 from pipelines.settings import Settings
-
-if TYPE_CHECKING:
-    from kafka import KafkaProducer
 
 log = logging.getLogger("mlsd.deployment")
 
 ServingMode = Literal["off", "shadow", "canary"]
 SERVING_MODES: tuple[str, ...] = get_args(ServingMode)
-# The two slots are named after the registry aliases they follow.
-CHAMPION = cast(Variant, registry.CHAMPION)
-CHALLENGER = cast(Variant, registry.CHALLENGER)
-VARIANTS: tuple[Variant, Variant] = (CHAMPION, CHALLENGER)
 
 M = TypeVar("M")
-
-
-@dataclass(frozen=True)
-class ServingModel(Generic[M]):
-    """A model ready to score: what the design's loader returns for one alias."""
-
-    name: str
-    version: str
-    model: M
-    info: dict[str, Any] = field(default_factory=dict)  # shown by the service's /model (threshold, strategy, ...)
-    loaded_at: float = field(default_factory=time.time)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "loaded_at": self.loaded_at, **self.info}
-
-
-Loader = Callable[[str], ServingModel[M]]
-SwapListener = Callable[[str, "ServingModel[Any] | None", "ServingModel[Any] | None"], None]
-
-
-class ModelSlots(Generic[M]):
-    """The champion and the challenger a service scores with.
-
-    Readers take `slots.champion` once per request and keep that object; `swap` replaces the reference in one
-    assignment, which is atomic in Python, so nobody ever sees a half-loaded model and nobody waits for a load.
-    """
-
-    def __init__(self) -> None:
-        self.champion: ServingModel[M] | None = None
-        self.challenger: ServingModel[M] | None = None
-        self._listeners: list[SwapListener] = []
-
-    def get(self, variant: str) -> ServingModel[M] | None:
-        return self.champion if variant == CHAMPION else self.challenger
-
-    def swap(self, variant: str, model: ServingModel[M] | None) -> ServingModel[M] | None:
-        """Put `model` in the slot; return what was there."""
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
-        old = self.get(variant)
-        setattr(self, variant, model)
-        for listener in self._listeners:
-            listener(variant, model, old)
-        return old
-
-    def on_swap(self, listener: SwapListener) -> None:
-        self._listeners.append(listener)
-
-    def describe(self) -> dict[str, dict[str, Any] | None]:
-        return {variant: (m.describe() if (m := self.get(variant)) else None) for variant in VARIANTS}
-
-
-def alias_version(name: str, alias: str) -> str | None:
-    """The version `name@alias` points at now, or None when there is no such alias (one small registry query)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException as exc:
-        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-            return None
-        raise
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-class ModelWatcher(Generic[M]):
-    """Keeps the slots on the versions the registry aliases point at.
-
-    `check()` does one round: for each alias whose version differs from the slot's, call the loader and swap the
-    result in. `start()` runs rounds every `interval_s` in a daemon thread. A version that failed to load is
-    retried after `retry_failed_s` (not every round), and each failure is logged once. A removed `challenger`
-    alias empties its slot (that stops a shadow or canary); the champion slot always keeps a model.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        slots: ModelSlots[M],
-        loader: Loader[M],
-        aliases: Sequence[str] = (CHAMPION,),
-        interval_s: float = 5.0,
-        version_of: Callable[[str, str], str | None] = alias_version,
-        retry_failed_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.name = name
-        self.slots = slots
-        self.loader = loader
-        self.aliases = tuple(aliases)
-        self.interval_s = interval_s
-        self.version_of = version_of
-        self.retry_failed_s = retry_failed_s
-        self.clock = clock
-        self.swaps = 0
-        self.failures = 0
-        self._failed: dict[str, tuple[str, float]] = {}  # alias -> (version that failed, when)
-        self._registry_down = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> list[ServingModel[M]]:
-        """One round over the aliases; returns the models swapped in."""
-        swapped: list[ServingModel[M]] = []
-        for alias in self.aliases:
-            try:
-                version = self.version_of(self.name, alias)
-            except Exception as exc:  # registry unreachable: keep serving what we have
-                if not self._registry_down:
-                    log.warning("cannot look up %s@%s, keeping the loaded models: %s", self.name, alias, _one_line(exc))
-                self._registry_down = True
-                return swapped
-            if self._registry_down:
-                log.warning("registry reachable again; watching %s", self.name)
-                self._registry_down = False
-            current = self.slots.get(alias)
-            if version is None and alias == CHALLENGER and current is not None:
-                # Removing the alias is how a shadow or canary is stopped; the champion slot is never emptied.
-                self.slots.swap(alias, None)
-                self.swaps += 1
-                log.info("%s@%s removed: champion only from now on (was v%s)", self.name, alias, current.version)
-                continue
-            if version is None or (current is not None and current.version == version):
-                continue
-            failed = self._failed.get(alias)
-            if failed and failed[0] == version and self.clock() - failed[1] < self.retry_failed_s:
-                continue
-            started = time.perf_counter()
-            try:
-                model = self.loader(alias)
-            except Exception as exc:
-                self.failures += 1
-                if not failed or failed[0] != version:
-                    kept = f"v{current.version}" if current else "nothing"
-                    log.warning(
-                        "%s@%s v%s did not load, still serving %s: %s", self.name, alias, version, kept, _one_line(exc)
-                    )
-                self._failed[alias] = (version, self.clock())
-                continue
-            self._failed.pop(alias, None)
-            old = self.slots.swap(alias, model)
-            self.swaps += 1
-            swapped.append(model)
-            log.info(
-                "%s@%s now v%s (was %s), loaded in %.2f s off the request path",
-                self.name,
-                alias,
-                model.version,
-                f"v{old.version}" if old else "empty",
-                time.perf_counter() - started,
-            )
-        return swapped
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{self.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception as exc:  # the watcher must outlive any surprise; the slots keep their models
-                log.warning("model watcher round failed: %s", _one_line(exc))
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
 
 
 @dataclass(frozen=True)
@@ -305,47 +127,9 @@ class ShadowRunner:
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         if self.errors == 1 or self.errors % self.LOG_EVERY == 0:
-            log.warning("shadow prediction failed (%d so far): %s", self.errors, _one_line(exc))
+            log.warning("shadow prediction failed (%d so far): %s", self.errors, one_line(exc))
         if self.on_error is not None:
             self.on_error(exc)
-
-
-class PredictionLogger:
-    """Sends prediction records to the design's predictions topic; Kafka batches them in the background."""
-
-    def __init__(self, producer: KafkaProducer | None, topic: str) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.sent = 0
-        self.dropped = 0
-
-    @classmethod
-    def for_design(cls, settings: Settings, design: str, publish: bool = True) -> PredictionLogger:
-        # linger: a send only appends to a buffer on the request path; the I/O thread ships ~100 ms batches.
-        # gzip: kafka-python checksums each batch (CRC-32C) in pure Python, ~0.2 ms per KB with the GIL held, which
-        # showed up as a request's p99; the records' JSON shrinks ~8x in C first, so the checksum has little to do.
-        producer = make_producer(settings, linger_ms=100, compression_type="gzip") if publish else None
-        return cls(producer, predictions_topic(design))
-
-    def log(self, record: PredictionRecord) -> None:
-        if self.producer is None:
-            return
-        try:
-            # Keyed by request: the served and the shadow record of a request share a partition and their order.
-            self.producer.send(self.topic, encode(record), key=record.request_id.encode())
-            self.sent += 1
-        except Exception as exc:  # the log must never fail the request it describes
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning(
-                    "prediction record not sent to %s (%d so far): %s", self.topic, self.dropped, _one_line(exc)
-                )
-
-    def close(self) -> None:
-        if self.producer is not None:
-            self.producer.flush(timeout=5)
-            self.producer.close(timeout=5)
-            self.producer = None
 
 
 class DeploymentMetrics:
@@ -384,6 +168,12 @@ class DeploymentMetrics:
             for served in (True, False)
         }
         self._shadow_errors = self.shadow_errors.labels(design)
+        self.degraded = prometheus.Counter(
+            "mlsd_degraded_answers_total",
+            "Answers given without a dependency (rules only, popularity, ...), by the dependency that failed",
+            ["design", "dependency"],
+            **extra,
+        )
 
     def model_swapped(self, variant: str, new: ServingModel[Any] | None, old: ServingModel[Any] | None) -> None:
         if old is not None:
@@ -396,6 +186,9 @@ class DeploymentMetrics:
 
     def shadow_failed(self, _exc: BaseException | None = None) -> None:
         self._shadow_errors.inc()
+
+    def answered_degraded(self, dependency: str) -> None:
+        self.degraded.labels(self.design, dependency).inc()
 
 
 class Deployment(Generic[M]):
@@ -415,7 +208,8 @@ class Deployment(Generic[M]):
         logger: PredictionLogger,
         metrics: DeploymentMetrics | None = None,
         defer: Callable[[Callable[[], None]], Any] = defer_to_event_loop,
-        version_of: Callable[[str, str], str | None] = alias_version,
+        version_of: VersionLookup = registry.alias_version,
+        approved_of: VersionLookup = registry.approved_version,
     ) -> None:
         self.design = design
         self.model_name = model_name
@@ -429,7 +223,7 @@ class Deployment(Generic[M]):
         self.shadow = ShadowRunner(defer, on_error=metrics.shadow_failed if metrics else None)
         aliases = (CHAMPION,) if self.router.mode == "off" else VARIANTS
         self.watcher: ModelWatcher[M] = ModelWatcher(
-            model_name, self.slots, loader, aliases, settings.model_refresh_seconds, version_of
+            model_name, self.slots, loader, aliases, settings.model_refresh_seconds, version_of, approved_of=approved_of
         )
 
     @classmethod
@@ -467,7 +261,7 @@ class Deployment(Generic[M]):
 
     def load(self) -> None:
         """Load the champion now (its errors propagate: no service without one), then whatever else is registered."""
-        self.slots.swap(CHAMPION, self.loader(CHAMPION))
+        self.watcher.load_champion()
         self.watcher.check()
         if self.router.mode != "off" and self.slots.challenger is None:
             log.warning(
@@ -501,8 +295,8 @@ class Deployment(Generic[M]):
             "canary_share": self.router.canary_share,
             **self.slots.describe(),
             "shadow": {"ran": self.shadow.ran, "errors": self.shadow.errors},
-            "reload": {"swaps": self.watcher.swaps, "failed_loads": self.watcher.failures},
-            "prediction_log": {"topic": self.logger.topic, "sent": self.logger.sent, "dropped": self.logger.dropped},
+            "reload": self.watcher.describe(),
+            "prediction_log": self.logger.describe(),
         }
 
     def close(self) -> None:

@@ -26,3 +26,9 @@ class PortInUse(UserError):
 
 class DependencyUnavailable(ServiceUnavailable):
     """A store or service on the processing path failed (online store, state store, broker); the caller retries."""
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for a log line or a degraded answer's reason."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

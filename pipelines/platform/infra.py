@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.platform.errors import PortInUse, ServiceUnavailable
+from pipelines.platform.errors import InvalidInput, PortInUse, ServiceUnavailable
 from pipelines.platform.stream import ensure_topics
 from pipelines.settings import Settings
 
@@ -197,7 +197,9 @@ def start_mlflow(settings: Settings) -> ManagedProcess:
     require_free_port(settings.mlflow_port, "the MLflow server", "MLSD_MLFLOW_PORT")
     Path(settings.artifacts_destination).mkdir(parents=True, exist_ok=True)
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
-    process = start_process(settings, "mlflow", mlflow_server_command(settings, host="127.0.0.1"), MLFLOW_SERVER_ENV)
+    # An empty environment: the embedded server listens on 127.0.0.1 only and stays open, whatever the shell sets.
+    command = mlflow_server_command(settings, host="127.0.0.1", env={})
+    process = start_process(settings, "mlflow", command, MLFLOW_SERVER_ENV)
     wait_for_http(f"http://127.0.0.1:{settings.mlflow_port}/health", 90, "The MLflow server", process.log)
     return process
 
@@ -207,8 +209,17 @@ def start_mlflow(settings: Settings) -> ManagedProcess:
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def mlflow_server_command(settings: Settings, host: str) -> list[str]:
-    return [
+# MLflow's basic-auth app turns on when MLFLOW_AUTH_CONFIG_PATH is set (docker-compose sets it); it needs a static
+# Flask secret key for its CSRF tokens, and MLflow ships no default admin password, nor does mlsd.
+MLFLOW_AUTH_APP = "basic-auth"
+MLFLOW_AUTH_REQUIRED = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+
+
+def mlflow_server_command(settings: Settings, host: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """`mlflow server` with the configured stores; with MLFLOW_AUTH_CONFIG_PATH in `env` (default: this process's
+    environment) it writes that ini file first and starts the basic-auth app."""
+    env = os.environ if env is None else env
+    command = [
         sys.executable,
         "-m",
         "mlflow",
@@ -224,6 +235,41 @@ def mlflow_server_command(settings: Settings, host: str) -> list[str]:
         "--workers",
         "1",
     ]
+    if env.get("MLFLOW_AUTH_CONFIG_PATH"):
+        write_mlflow_auth_config(settings, env)
+        command += ["--app-name", MLFLOW_AUTH_APP]
+    return command
+
+
+def write_mlflow_auth_config(settings: Settings, env: Mapping[str, str]) -> Path:
+    """Write the basic-auth ini at MLFLOW_AUTH_CONFIG_PATH from `env` on every start, so the environment stays the
+    one place to configure it: the admin account (MLFLOW_AUTH_ADMIN_USERNAME, default admin, and the required
+    MLFLOW_AUTH_ADMIN_PASSWORD) and the user table, kept in the backend store next to the runs it guards."""
+    for name in MLFLOW_AUTH_REQUIRED:
+        if not env.get(name):
+            raise InvalidInput(
+                f"MLflow authentication is on (MLFLOW_AUTH_CONFIG_PATH is set) but {name} is not; set it "
+                "(for docker compose, in .env)."
+            )
+    values = {
+        "default_permission": "NO_PERMISSIONS",  # a user an admin adds sees nothing until granted
+        "database_uri": settings.backend_store_uri,
+        "admin_username": env.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin",
+        "admin_password": env["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    if any("\n" in value or "\r" in value for value in values.values()):
+        raise InvalidInput("An MLflow authentication setting contains a line break; remove it.")
+    # MLflow reads the file with configparser's % interpolation: a percent-encoded URL or a % in the password
+    # must be doubled. The file holds the admin and database passwords: readable by its owner only.
+    lines = ["[mlflow]", *(f"{key} = {value.replace('%', '%%')}" for key, value in values.items())]
+    path = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # a file left by an earlier start keeps its old mode otherwise
+        file.write("\n".join(lines) + "\n")
+    return path
 
 
 STACK = ("kafka", "mlflow")

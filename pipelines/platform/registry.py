@@ -276,6 +276,22 @@ def history(name: str, limit: int | None = 50, alias: str | None = None) -> list
     return [_record_from_run(run) for run in _audit_runs(name, alias, limit)]
 
 
+# The actions that point an alias at a version on purpose: training's registration, a gated (or forced and so
+# audited) promotion, a rollback. A `reject` record names the rejected version and approves nothing.
+APPROVING_ACTIONS = ("register", "promote", "rollback")
+
+
+def approved_version(name: str, alias: str) -> str | None:
+    """The version the audit trail last pointed `name@alias` at, or None when it never did.
+
+    Serving follows an alias only to this version: an alias moved outside this module leaves no record.
+    """
+    for run in _audit_runs(name, alias, limit=50):
+        if run.data.tags.get("action") in APPROVING_ACTIONS:
+            return run.data.tags.get("to_version") or None
+    return None
+
+
 def record_change(
     name: str,
     alias: str,

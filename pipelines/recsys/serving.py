@@ -22,23 +22,21 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from feature_repo.recsys import ITEM_FEATURES, ITEM_VIEW, USER_FEATURES, USER_VIEW
-from pipelines.platform.deployment import (
-    CHALLENGER,
-    Deployment,
-    DeploymentMetrics,
-    ServingModel,
-    defer_to_event_loop,
-)
+from pipelines.platform.deployment import Deployment, DeploymentMetrics, defer_to_event_loop
+from pipelines.platform.events import EntityId, EventTime
+from pipelines.platform.guard import GuardedDependency
 from pipelines.platform.predictions import PredictionRecord, Variant
+from pipelines.platform.watcher import CHALLENGER, ServingModel
 from pipelines.recsys.candidates import Candidate
-from pipelines.recsys.model import MODEL_NAME, TRAIN_HINT, load_recommender
+from pipelines.recsys.model import MODEL_NAME, load_recommender
 from pipelines.recsys.monitoring import request_features, top_score
 from pipelines.recsys.rerank import RerankConfig, rerank
 from pipelines.settings import Settings
@@ -54,18 +52,11 @@ DESIGN_NAME = "recsys"  # the `design` of its prediction records and metrics
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=64)
-    k: int = Field(default=10, ge=1, le=100)
+    user_id: EntityId
+    k: int = Field(default=10, ge=1, le=100, strict=True)
     # When the request happened, for replays of recorded traffic: the ranker's clock (hours since an item's last
-    # event, ...) and the prediction record's time. Absent: now.
-    timestamp: datetime | None = None
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    # event, ...) and the prediction record's time. Absent: now. Between 1970 and a day ahead of now.
+    timestamp: EventTime | None = None
 
 
 class RecommendedItem(BaseModel):
@@ -82,6 +73,8 @@ class RecommendResponse(BaseModel):
     variant: Variant = "champion"  # champion, or challenger for a user in the canary share
     request_id: str = ""  # shared by this answer's record and the shadow's on recsys.predictions
     latency_ms: dict[str, float]
+    degraded: bool = False  # True: the user's features could not be read in time, the items are the most popular
+    degraded_reason: str = ""  # why, in one sentence
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,16 +105,12 @@ def _one_thread(recommender: RecsysRanker) -> None:
     recommender.ranker.set_params(n_jobs=1)
 
 
-def load_recsys_model(settings: Settings, alias: str) -> ServingModel[RecsysModel]:
-    """The design's loader for the platform watcher: registry → checked, single-threaded, warmed-up recommender.
-
-    The version the alias points at now is loaded, so a concurrent promotion cannot mix two versions; its files
-    are read as arrays, an index and XGBoost's JSON (no pickle).
-    """
-    from pipelines.platform.registry import connect_mlflow, require_alias
+def load_recsys_model(settings: Settings, version: str) -> ServingModel[RecsysModel]:
+    """The design's loader for the platform watcher: registered version → checked, single-threaded, warmed-up
+    recommender. Its files are read as arrays, an index and XGBoost's JSON (no pickle)."""
+    from pipelines.platform.registry import connect_mlflow
 
     connect_mlflow(settings)
-    version = require_alias(MODEL_NAME, alias, TRAIN_HINT)
     recommender, _ = load_recommender(version)
     from pipelines.recsys.rank import FEATURE_NAMES
 
@@ -296,15 +285,20 @@ class Recommender:
             OnlineRows(self.store, ITEM_VIEW, "item_id", ITEM_FEATURES), settings.recsys_item_refresh_seconds
         )
         self.rerank_config = rerank_config or RerankConfig()
+        # The user-row read is the request's only I/O: bounded, and skipped while the store keeps failing.
+        self.store_guard = GuardedDependency(
+            "online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds
+        )
+        self.metrics = metrics
         # The item table exists before the first load: `_load` fills it with the loaded catalogue's rows.
         self.deployment: Deployment[RecsysModel] = Deployment.serving(
             DESIGN_NAME, MODEL_NAME, self._load, settings, publish, metrics, defer, watch
         )
         self.item_features.start()
 
-    def _load(self, alias: str) -> ServingModel[RecsysModel]:
+    def _load(self, version: str) -> ServingModel[RecsysModel]:
         """The platform's loader plus the item rows of the new catalogue, read before the model can serve."""
-        model = load_recsys_model(self.settings, alias)
+        model = load_recsys_model(self.settings, version)
         self.item_features.cover(model.model.item_ids)
         return model
 
@@ -325,11 +319,26 @@ class Recommender:
         return self.user_rows.read([user_id]).dropna(how="all")
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        """Recommend without an event loop (tests, benchmarks): the user-row read still runs within its budget."""
         started = time.perf_counter()
+        users, problem = self.store_guard.attempt_blocking(partial(self.user_row, request.user_id))
+        return self.respond(request, users, problem, started)
+
+    async def recommend_async(self, request: RecommendRequest) -> RecommendResponse:
+        """The service's path: the user-row read runs off the event loop, waited for at most the budget."""
+        started = time.perf_counter()
+        users, problem = await self.store_guard.attempt(partial(self.user_row, request.user_id))
+        return self.respond(request, users, problem, started)
+
+    def respond(
+        self, request: RecommendRequest, users: pd.DataFrame | None, problem: str | None, started: float
+    ) -> RecommendResponse:
+        """The answer from the user row read (or, without it, the most popular items), logged."""
         # Models taken once: a hot reload during this request changes the next request, not this one.
         assignment, model, shadow = self.deployment.assign(request.user_id)
         at = request.timestamp or datetime.now(UTC)
-        users = self.user_row(request.user_id)
+        if users is None:
+            return self._popular(request, at, model, assignment.served, problem or "", started)
         items = self.item_features.frame
         features_s = time.perf_counter() - started
         answer = self._answer(model.model, request, users, items, at)
@@ -354,6 +363,43 @@ class Recommender:
                 lambda: self._shadow(request, at, request_id, shadow, users, items, features_s)
             )
         return response
+
+    def _popular(
+        self,
+        request: RecommendRequest,
+        at: datetime,
+        model: ServingModel[RecsysModel],
+        variant: Variant,
+        problem: str,
+        started: float,
+    ) -> RecommendResponse:
+        """No user row, so no ranking: the k most popular items the user has not interacted with, flagged."""
+        candidates = model.model.recommender.candidates
+        users = candidates.catalogue.user_codes([request.user_id])
+        [(codes, scores)] = candidates.popular(users, request.k, exclude_seen=True)
+        final = [
+            (str(candidates.catalogue.items[code]), float(score), "popular")
+            for code, score in zip(codes.tolist(), scores.tolist(), strict=True)
+        ]
+        known = request.user_id in model.model.known_users
+        request_id = uuid.uuid4().hex
+        total_ms = round((time.perf_counter() - started) * 1000, 3)
+        answer = _Answer(final, {}, final[0][1] if final else 0.0, {}, known)
+        record = _record(request, at, request_id, model, variant, True, answer, total_ms)
+        self.deployment.log(record.model_copy(update={"degraded": problem}))
+        if self.metrics is not None:
+            self.metrics.answered_degraded("online_store")
+        return RecommendResponse(
+            user_id=request.user_id,
+            items=[RecommendedItem(item_id=i, score=round(s, 6), stage=g) for i, s, g in final],
+            known_user=known,
+            model_version=model.version,
+            variant=variant,
+            request_id=request_id,
+            latency_ms={"total": total_ms},
+            degraded=True,
+            degraded_reason=problem,
+        )
 
     def _answer(
         self, model: RecsysModel, request: RecommendRequest, users: pd.DataFrame, items: pd.DataFrame, at: datetime
@@ -408,11 +454,16 @@ class Recommender:
 
     def describe(self) -> dict[str, Any]:
         """What /model shows: both slots, routing, reloads, the prediction log and the item table."""
-        return {**self.deployment.describe(), "item_table": self.item_features.describe()}
+        return {
+            **self.deployment.describe(),
+            "item_table": self.item_features.describe(),
+            "online_store": self.store_guard.describe(),
+        }
 
     def close(self) -> None:
         self.item_features.stop()
         self.deployment.close()
+        self.store_guard.close()
 
 
 def _record(

@@ -35,9 +35,10 @@ pytestmark = pytest.mark.e2e
 
 
 def move_alias(alias: str, version: str) -> None:
-    from mlflow import MlflowClient
+    """Point an alias the way the gate and training do (audited): services serve nothing else."""
+    from pipelines.platform.registry import set_alias
 
-    MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
+    set_alias(MODEL_NAME, alias, version, "promote" if alias == "champion" else "register", "test")
 
 
 @pytest.fixture(scope="module")

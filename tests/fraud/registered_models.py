@@ -58,9 +58,10 @@ def register_fraud_model(
 
 
 def move_alias(alias: str, version: str) -> None:
-    from mlflow import MlflowClient
+    """Point an alias the way the gate and training do (audited): services serve nothing else."""
+    from pipelines.platform.registry import set_alias
 
-    MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
+    set_alias(MODEL_NAME, alias, version, "promote" if alias == "champion" else "register", "test")
 
 
 def wait_for(condition: Any, timeout_s: float = 60.0) -> bool:

@@ -1,5 +1,5 @@
-"""Deployment patterns (pipelines/platform/deployment.py): canary routing, hot reload, shadow scoring, the prediction
-log; the watcher on a real MLflow registry."""
+"""Deployment patterns (pipelines/platform/deployment.py, watcher.py, predictions.py): canary routing, hot reload,
+only gate-approved versions served, shadow scoring, the prediction log; the watcher on a real MLflow registry."""
 
 from __future__ import annotations
 
@@ -18,14 +18,12 @@ from pipelines.platform.deployment import (
     SHADOWED,
     Deployment,
     DeploymentMetrics,
-    ModelSlots,
-    ModelWatcher,
-    PredictionLogger,
-    ServingModel,
     ShadowRunner,
     TrafficRouter,
 )
-from pipelines.platform.predictions import PredictionRecord
+from pipelines.platform.errors import ServiceUnavailable
+from pipelines.platform.predictions import PredictionLogger, PredictionRecord
+from pipelines.platform.watcher import ModelSlots, ModelWatcher, ServingModel
 from pipelines.settings import Settings
 from tests.factories import T0, record
 from tests.fraud.registered_models import wait_for
@@ -69,6 +67,7 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.aliases: dict[str, str] = {}
+        self.approved: dict[str, str] = {}  # what the audit trail says each alias was moved to
         self.broken: set[str] = set()
         self.loads = 0
         self.down = False
@@ -78,9 +77,18 @@ class FakeRegistry:
             raise ConnectionError("registry down")
         return self.aliases.get(alias)
 
-    def load(self, alias: str) -> ServingModel[str]:
+    def approved_of(self, _name: str, alias: str) -> str | None:
+        if self.down:
+            raise ConnectionError("registry down")
+        return self.approved.get(alias)
+
+    def move(self, **aliases: str) -> None:
+        """Move aliases the way the gate does: the audit trail records each move."""
+        self.aliases.update(aliases)
+        self.approved.update(aliases)
+
+    def load(self, version: str) -> ServingModel[str]:
         self.loads += 1
-        version = self.aliases[alias]
         if version in self.broken:
             raise ValueError(f"version {version} is broken\nsecond line of detail")
         return ServingModel("m", version, f"model-{version}")
@@ -89,21 +97,29 @@ class FakeRegistry:
 @pytest.mark.unit
 def test_the_watcher_swaps_a_moved_alias_and_keeps_the_old_model_when_a_load_fails(caplog) -> None:
     registry = FakeRegistry()
-    registry.aliases = {"champion": "1"}
+    registry.move(champion="1")
     slots: ModelSlots[str] = ModelSlots()
     now = [0.0]
     watcher = ModelWatcher(
-        "m", slots, registry.load, ("champion", "challenger"), 5.0, registry.version_of, 60.0, lambda: now[0]
+        "m",
+        slots,
+        registry.load,
+        ("champion", "challenger"),
+        5.0,
+        registry.version_of,
+        60.0,
+        lambda: now[0],
+        approved_of=registry.approved_of,
     )
     assert [m.version for m in watcher.check()] == ["1"]
     assert watcher.check() == []  # nothing moved: no load at all
     assert registry.loads == 1
 
-    registry.aliases.update(champion="2", challenger="3")
+    registry.move(champion="2", challenger="3")
     watcher.check()
     assert (slots.champion.version, slots.challenger.version) == ("2", "3")  # type: ignore[union-attr]
 
-    registry.aliases["champion"] = "4"
+    registry.move(champion="4")
     registry.broken.add("4")
     with caplog.at_level(logging.WARNING, logger="mlsd.deployment"):
         for _ in range(3):
@@ -128,9 +144,11 @@ def test_the_watcher_swaps_a_moved_alias_and_keeps_the_old_model_when_a_load_fai
 @pytest.mark.unit
 def test_the_watcher_keeps_serving_when_the_registry_is_unreachable(caplog) -> None:
     registry = FakeRegistry()
-    registry.aliases = {"champion": "1"}
+    registry.move(champion="1")
     slots: ModelSlots[str] = ModelSlots()
-    watcher = ModelWatcher("m", slots, registry.load, ("champion",), 5.0, registry.version_of)
+    watcher = ModelWatcher(
+        "m", slots, registry.load, ("champion",), 5.0, registry.version_of, approved_of=registry.approved_of
+    )
     watcher.check()
     registry.down = True
     with caplog.at_level(logging.WARNING, logger="mlsd.deployment"):
@@ -152,6 +170,7 @@ def toy_deployment(
         PredictionLogger(None, FRAUD_PREDICTIONS_TOPIC),
         metrics,
         version_of=registry.version_of,
+        approved_of=registry.approved_of,
     )
     deployment.load()
     return deployment
@@ -160,10 +179,10 @@ def toy_deployment(
 @pytest.mark.unit
 def test_a_request_keeps_the_model_it_started_with_when_a_swap_happens_meanwhile() -> None:
     registry = FakeRegistry()
-    registry.aliases = {"champion": "1", "challenger": "2"}
+    registry.move(champion="1", challenger="2")
     deployment = toy_deployment(registry, "shadow")
     assignment, model, shadow = deployment.assign("C1")
-    registry.aliases.update(champion="2", challenger="3")
+    registry.move(champion="2", challenger="3")
     deployment.watcher.check()
     assert (assignment, model.version, shadow.version) == (SHADOWED, "1", "2")  # type: ignore[union-attr]
     _, model, shadow = deployment.assign("C1")
@@ -208,7 +227,7 @@ def test_a_failing_shadow_never_changes_or_fails_the_response_and_is_counted() -
     import prometheus_client
 
     registry = FakeRegistry()
-    registry.aliases = {"champion": "1", "challenger": "2"}
+    registry.move(champion="1", challenger="2")
     metrics_registry = prometheus_client.CollectorRegistry()
     metrics = DeploymentMetrics("fraud", prometheus_client, registry=metrics_registry)
     plain = toy_deployment(registry, "off")
@@ -227,7 +246,7 @@ def test_a_failing_shadow_never_changes_or_fails_the_response_and_is_counted() -
     assert sample("mlsd_model_version_info", variant="champion", version="1") == 1
     assert sample("mlsd_model_version_info", variant="challenger", version="2") == 1
 
-    registry.aliases["champion"] = "3"
+    registry.move(champion="3")
     shadowed.watcher.check()
     assert sample("mlsd_model_version_info", variant="champion", version="1") == 0
     assert sample("mlsd_model_version_info", variant="champion", version="3") == 1
@@ -236,7 +255,7 @@ def test_a_failing_shadow_never_changes_or_fails_the_response_and_is_counted() -
 @pytest.mark.unit
 def test_on_an_event_loop_the_shadow_runs_after_the_response_is_returned() -> None:
     registry = FakeRegistry()
-    registry.aliases = {"champion": "1", "challenger": "2"}
+    registry.move(champion="1", challenger="2")
     deployment = toy_deployment(registry, "shadow")
 
     async def request() -> tuple[dict[str, Any], int, int]:
@@ -291,14 +310,83 @@ def test_the_watcher_follows_the_champion_alias_in_mlflow(fraud_registry: Simple
         f"ValueError: fraud-xgboost v{bad} was trained on other features than this code computes; retrain it."
     ]
 
+    # Moved with a bare MLflow client, as anyone who reaches the server could: no audit record, never served.
+    from mlflow import MlflowClient
+
+    unvetted = register_fraud_model(settings, fraud_registry.experiment, None, seed=6)
+    MlflowClient().set_registered_model_alias("fraud-xgboost", "champion", unvetted)
+    with caplog.at_level(logging.WARNING, logger="mlsd.deployment"):
+        watcher.check()
+        watcher.check()
+    assert slots.champion.version == new  # type: ignore[union-attr]
+    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    assert len(refusals) == 1 and f"fraud-xgboost@champion v{unvetted}:" in refusals[0]
+
+
+@pytest.mark.unit
+def test_an_alias_moved_outside_the_gate_is_refused_logged_once_and_never_served(caplog) -> None:
+    registry = FakeRegistry()
+    registry.move(champion="1")
+    registry.aliases["champion"] = "2"  # a bare MLflow client: no audit record
+    slots: ModelSlots[str] = ModelSlots()
+    watcher = ModelWatcher(
+        "m", slots, registry.load, ("champion",), 5.0, registry.version_of, approved_of=registry.approved_of
+    )
+    with caplog.at_level(logging.WARNING, logger="mlsd.deployment"):
+        watcher.load_champion()  # at start: the last approved version, not the alias
+        for _ in range(3):
+            watcher.check()
+    assert slots.champion.version == "1"  # type: ignore[union-attr]
+    assert registry.loads == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "refusing m@champion v2" in lines[0] and "serving v1" in lines[0]
+    assert watcher.describe()["refusing"] == {"champion": "2"} and watcher.refused == 1
+
+    registry.move(champion="2")  # the gate promotes it: now it is served, and the refusal is over
+    watcher.check()
+    assert slots.champion.version == "2" and watcher.describe()["refusing"] == {}  # type: ignore[union-attr]
+
+    nothing = FakeRegistry()
+    nothing.aliases["champion"] = "1"  # never approved: no service rather than an unvetted model
+    with pytest.raises(ServiceUnavailable, match="no gate-approved champion"):
+        watcher = ModelWatcher(
+            "m", ModelSlots(), nothing.load, version_of=nothing.version_of, approved_of=nothing.approved_of
+        )
+        watcher.load_champion()
+
 
 @pytest.mark.integration
-def test_a_prediction_record_that_cannot_be_sent_is_counted_not_raised(kafka_settings: Settings) -> None:
+def test_the_prediction_log_buffers_while_the_broker_is_away_counts_what_it_drops_and_delivers_the_rest(
+    kafka_settings: Settings,
+) -> None:
     from pipelines.platform.stream import make_producer
 
-    producer = make_producer(kafka_settings)
-    producer.close()  # a producer that refuses every send, like one whose broker went away for good
-    logger = PredictionLogger(producer, FRAUD_PREDICTIONS_TOPIC)
+    broker_up = [False]
+
+    def connect() -> Any:
+        if not broker_up[0]:
+            raise ServiceUnavailable("no Kafka broker at 127.0.0.1:1")
+        return make_producer(kafka_settings)
+
+    logger = PredictionLogger(connect, f"test.predictions.{id(connect)}", buffer_records=5, retry_s=0.05)
+    for i in range(8):
+        logger.log(record(f"r{i}", 0.1, "approve"))  # returns at once: nothing waits for the broker
+    assert wait_for(lambda: not logger.broker_reachable, 5)
+    assert subset(logger.describe(), waiting=5, logged=5, dropped=3, delivered=0)
+    broker_up[0] = True
+    assert wait_for(lambda: logger.counts["delivered"] == 5, 30), logger.describe()
+    assert logger.broker_reachable
+    logger.close()
+    assert subset(logger.describe(), waiting=0, logged=5, dropped=3, delivered=5, failed=0)
+
+
+def subset(described: dict[str, Any], **expected: Any) -> bool:
+    return {key: described[key] for key in expected} == expected
+
+
+@pytest.mark.unit
+def test_a_closed_prediction_log_counts_what_it_could_not_send() -> None:
+    logger = PredictionLogger(lambda: (_ for _ in ()).throw(ConnectionError("down")), "t", retry_s=0.05)
     logger.log(record("r1", 0.1, "approve"))
-    logger.log(record("r2", 0.1, "approve"))
-    assert (logger.sent, logger.dropped) == (0, 2)
+    logger.close(timeout_s=1)
+    assert (logger.counts["logged"], logger.counts["dropped"], logger.counts["delivered"]) == (1, 1, 0)

@@ -18,7 +18,8 @@ from pipelines.monitoring import cli as monitoring_cli
 from pipelines.monitoring.deploy_cli import deploy_app
 from pipelines.monitoring.registry_cli import registry_app
 from pipelines.platform.console import console, fail, print_facts
-from pipelines.platform.drills import SCENARIOS as DRILL_SCENARIOS
+from pipelines.platform.drills import SCENARIOS as STREAM_DRILLS
+from pipelines.platform.service_drills import SERVICE_SCENARIOS as SERVICE_DRILLS
 from pipelines.settings import Settings
 
 
@@ -32,7 +33,8 @@ def _version(show: bool) -> None:
 
 DRILL_DESIGNS = tuple(d.name for d in DESIGNS if d.drills is not None)
 DrillDesign: Any = Literal[DRILL_DESIGNS]  # type: ignore[valid-type]
-DrillScenario: Any = Literal[DRILL_SCENARIOS]  # type: ignore[valid-type]
+DrillScenario: Any = Literal[(*STREAM_DRILLS, *SERVICE_DRILLS)]  # type: ignore[valid-type]
+OnlineStore = Literal["sqlite", "redis"]
 
 app = typer.Typer(
     help="Runnable ML system designs — "
@@ -162,34 +164,64 @@ def demo(
 @app.command()
 def drill(
     scenario: Annotated[DrillScenario, typer.Option(help="The fault to inject")],
-    design: Annotated[DrillDesign, typer.Option(help="Whose stream processors")] = DRILL_DESIGNS[0],
+    design: Annotated[DrillDesign, typer.Option(help="Whose stream processors or service")] = DRILL_DESIGNS[0],
     size: Annotated[int, typer.Option(min=1000, help="Transactions or interactions to simulate (40 days)")] = 20_000,
     processors: Annotated[int, typer.Option(min=1, help="Processors in the consumer group")] = 1,
     kills: Annotated[int, typer.Option(min=0, help="stream-crash: how many times a processor is killed")] = 3,
     rate: Annotated[float, typer.Option(min=0, help="Replay rate, events per second (0: as fast as possible)")] = 1000,
+    rps: Annotated[float, typer.Option(min=1, help="Service drills: requests per second")] = 100,
+    outage: Annotated[float, typer.Option(min=1, help="Service drills: seconds the dependency is away")] = 20,
+    around: Annotated[float, typer.Option(min=1, help="Service drills: seconds of load before and after it")] = 20,
+    online_store: Annotated[OnlineStore, typer.Option(help="Service drills: sqlite, or redis (a private server)")] = (
+        "sqlite"
+    ),
     seed: Annotated[int | None, typer.Option(help="Seed of the data and of the faults (default MLSD_SEED)")] = None,
     json_out: Annotated[Path | None, typer.Option(help="Also write the result here")] = None,
 ) -> None:
-    """Fault drills on real processes: stream-crash, rebalance, poison-events, broker-restart; what was sent,
-    processed, dead-lettered, lost and wrong, and how long recovery took."""
+    """Fault drills on real processes. Streams: stream-crash, rebalance, poison-events, broker-restart (what was
+    sent, processed, dead-lettered, lost and wrong, and how long recovery took). Services under load:
+    online-store-outage, broker-outage, registry-outage (answers full, degraded and failed before, during and after,
+    and how long recovery took)."""
     from pipelines.designs import find_design
-    from pipelines.platform.console import print_facts, write_json_out
-    from pipelines.platform.drills import run_drill
 
     s = Settings()
     chosen = find_design(design)
     assert chosen.drills is not None
+    spec = chosen.drills()
+    seed = s.seed if seed is None else seed
+    if scenario in SERVICE_DRILLS:
+        if spec.service is None:
+            fail(f"The {chosen.name} design has no service drills; its stream drills are {', '.join(STREAM_DRILLS)}.")
+        service_drill(spec.service, chosen.name, scenario, rps, outage, around, online_store, size, seed, json_out)
+    else:
+        stream_drill(spec, chosen.name, scenario, size, processors, kills, rate, seed, json_out)
+
+
+def stream_drill(
+    spec: Any,
+    design: str,
+    scenario: str,
+    size: int,
+    processors: int,
+    kills: int,
+    rate: float,
+    seed: int,
+    json_out: Path | None,
+) -> None:
+    from pipelines.platform.console import print_facts, write_json_out
+    from pipelines.platform.drills import run_drill
+
     with console.status(f"{scenario} drill") as spinner:
         result = run_drill(
-            s,
-            chosen.drills(),
-            chosen.name,
+            Settings(),
+            spec,
+            design,
             scenario,
             size,
             processors,
             kills,
             rate,
-            s.seed if seed is None else seed,
+            seed,
             say=lambda m: spinner.update(f"{scenario}: {m}"),
         )
     out = result.to_dict()
@@ -206,8 +238,44 @@ def drill(
     ]
     if result.poison:
         rows.append(("bad events dead-lettered with their reason", f"{result.poison.get('share', 0):.0%}"))
-    print_facts(rows, f"{chosen.name} drill: {scenario}")
+    print_facts(rows, f"{design} drill: {scenario}")
     write_json_out(json_out, out)
+
+
+def service_drill(
+    spec: Any,
+    design: str,
+    scenario: str,
+    rps: float,
+    outage: float,
+    around: float,
+    online_store: str,
+    size: int,
+    seed: int,
+    json_out: Path | None,
+) -> None:
+    from pipelines.platform.console import print_facts, write_json_out
+    from pipelines.platform.service_drills import run_service_drill
+
+    with console.status(f"{scenario} drill") as spinner:
+        result = run_service_drill(
+            spec, design, scenario, rps, around, outage, around, online_store, size, seed, spinner.update
+        )
+
+    def counts(phase: dict[str, Any]) -> str:
+        return (
+            f"{phase['ok']:,} full, {phase['degraded']:,} degraded, {phase['failed']:,} failed; "
+            f"p99 {phase['p99_ms']} ms"
+        )
+
+    rows = [(f"{name} the outage", counts(phase)) for name, phase in result["phases"].items()]
+    rows += [
+        ("recovery (s)", f"{result['recovery_s']:.1f}"),
+        ("error kinds", ", ".join(f"{k}: {v}" for k, v in result["error_kinds"].items()) or "-"),
+        ("seconds", f"{result['seconds']:.0f}"),
+    ]
+    print_facts(rows, f"{design} drill: {scenario} ({online_store} online store, {rps:g} req/s)")
+    write_json_out(json_out, result)
 
 
 # ---------------------------------------------------------------- infra roles

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.platform.drills import DrillData, DrillSpec
+from pipelines.platform.service_drills import ServiceDrillSpec
 from pipelines.settings import Settings
 
 HISTORY_DAYS = 30
@@ -210,6 +211,39 @@ def check_poison(settings: Settings, sent: dict[str, Any]) -> dict[str, Any]:
     return {"sent": len(POISON), "dead_lettered_with_reason": caught, "share": caught / len(POISON), "events": found}
 
 
+def prepare_service(settings: Settings, size: int, seed: int) -> list[dict[str, Any]]:
+    """A champion trained on simulated payments (class weighting only: the drill is about serving) and the online
+    store filled with every customer's and terminal's newest row; the last payments as request bodies."""
+    from pipelines.fraud.loadgen import payloads_from_frame
+    from pipelines.fraud.simulate import config_for_size, simulate_transactions
+    from pipelines.fraud.train import train_fraud
+
+    frame = simulate_transactions(config_for_size(size, seed=seed))
+    train_fraud(settings, frame, strategies=("class_weight",))
+    return payloads_from_frame(frame.tail(5_000))
+
+
+def _all_topics() -> list[str]:
+    from pipelines.fraud.design import DESIGN
+
+    return list(DESIGN.all_topics)
+
+
+def _feature_objects(folder: Path) -> list[Any]:
+    from feature_repo.fraud import fraud_feature_objects
+
+    return list(fraud_feature_objects(folder))
+
+
+SERVICE_DRILLS = ServiceDrillSpec(
+    prepare=prepare_service,
+    serve=("fraud", "serve"),
+    path="/score",
+    port_setting="fraud_service_port",
+    topics=_all_topics,
+    feature_objects=(_feature_objects,),
+)
+
 DRILLS = DrillSpec(
     prepare=prepare,
     processor=processor,
@@ -219,6 +253,7 @@ DRILLS = DrillSpec(
     check_poison=check_poison,
     topics=topics,
     source_topic="fraud.transactions",
+    service=SERVICE_DRILLS,
 )
 
 

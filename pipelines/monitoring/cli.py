@@ -62,7 +62,8 @@ def monitor(
     )
     console.print(
         f"{run.alerts_published} alert(s) published on monitoring.alerts; {run.shadow_records:,} shadow and "
-        f"{run.degraded_records:,} degraded records kept out of drift; windows awaiting labels: {run.pending or 'none'}; summary in {reports}/summary.jsonl"
+        f"{run.degraded_records:,} degraded records kept out of drift; windows awaiting labels: "
+        f"{run.pending or 'none'}; summary in {reports}/summary.jsonl"
     )
     write_json_out(json_out, run.to_dict())
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.platform.service_drills import ServiceDrillSpec
 from pipelines.settings import Settings
 
 SCENARIOS = ("stream-crash", "rebalance", "poison-events", "broker-restart")
@@ -59,6 +60,7 @@ class DrillSpec:
     check_poison: Callable[[Settings, dict[str, Any]], dict[str, Any]]  # which bad events were dead-lettered, why
     topics: Callable[[Settings], dict[str, int]]  # the design's topics and their partition counts
     source_topic: str  # where the replay sends the events counted as sent
+    service: ServiceDrillSpec | None = None  # the drills on the design's service (pipelines/platform/service_drills.py)
 
 
 @dataclass

@@ -88,15 +88,14 @@ class GuardedDependency:
     def _submit(self, call: Callable[[], T]) -> concurrent.futures.Future[T] | str:
         """A running call, or the reason no call was made."""
         with self._lock:
-            now = self.clock()
-            if self._open_until is not None:
-                if now < self._open_until or self._probing:
-                    self.counts["skipped"] += 1
-                    return f"{self.name} skipped after repeated failures ({self.last_problem})"
-                self._probing = True  # cool-down over: this call probes, the others still skip
             if self._in_flight >= self.threads:
                 self.counts["skipped"] += 1
                 return f"{self.name} busy: {self._in_flight} earlier calls have not returned"
+            if self._open_until is not None:
+                if self.clock() < self._open_until or self._probing:
+                    self.counts["skipped"] += 1
+                    return f"{self.name} skipped after repeated failures ({self.last_problem})"
+                self._probing = True  # cool-down over: this call probes, the others still skip
             self._in_flight += 1
         future = self._pool.submit(call)
         future.add_done_callback(self._done)

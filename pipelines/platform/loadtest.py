@@ -21,6 +21,7 @@ import asyncio
 import errno
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,8 @@ PROGRESS_EVERY_S = 0.5
 """How often the optional progress callback is invoked while sending."""
 
 DROPPED_KIND = "dropped (max_in_flight)"
+# A degraded answer says so in its body (`"degraded": true`, the services' convention).
+DEGRADED = re.compile(rb'"degraded":\s*true')
 
 
 @dataclass
@@ -84,6 +87,9 @@ class LoadTestResult:
     max_send_lag_ms: float = 0.0
     elapsed_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    degraded: int = 0  # 2xx answers that say `"degraded": true` (a dependency was down; counted in `ok` too)
+    # (seconds after the first send, outcome: "ok" | "degraded" | an error kind, latency ms or None) per request
+    timeline: list[tuple[float, str, float | None]] = field(default_factory=list, repr=False)
 
     @property
     def error_rate(self) -> float:
@@ -94,6 +100,7 @@ class LoadTestResult:
         data = asdict(self)
         if not include_latencies:
             data.pop("latencies_ms")
+            data.pop("timeline")
         data["error_rate"] = self.error_rate
         return data
 
@@ -108,6 +115,7 @@ class LoadTestResult:
             ("duration s", f"{self.duration_s:g}"),
             ("sent", str(self.sent)),
             ("ok", str(self.ok)),
+            ("of which degraded", str(self.degraded)),
             ("errors", f"{self.errors} ({self.error_rate:.2%})" if self.sent else str(self.errors)),
             ("error kinds", kinds or "-"),
             ("achieved rps", f"{self.achieved_rps:.1f}"),
@@ -143,19 +151,35 @@ def _classify(exc: BaseException) -> str:
 class _Recorder:
     """Mutable counters shared by all in-flight requests of one run."""
 
-    __slots__ = ("latencies", "ok", "error_kinds", "late_sends", "max_lag", "last_done", "finished")
+    __slots__ = (
+        "latencies",
+        "ok",
+        "degraded",
+        "error_kinds",
+        "late_sends",
+        "max_lag",
+        "last_done",
+        "finished",
+        "t0",
+        "timeline",
+    )
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.ok = 0
+        self.degraded = 0
+        self.t0 = 0.0
+        self.timeline: list[tuple[float, str, float | None]] = []
         self.error_kinds: dict[str, int] = {}
         self.late_sends = 0
         self.max_lag = 0.0
         self.last_done = 0.0
         self.finished = 0  # requests that actually went out and recorded an outcome
 
-    def error(self, kind: str, n: int = 1) -> None:
+    def error(self, kind: str, n: int = 1, scheduled: float | None = None) -> None:
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
+        if scheduled is not None:
+            self.timeline.append((round(scheduled - self.t0, 4), kind, None))
 
 
 async def _one_request(
@@ -174,10 +198,10 @@ async def _one_request(
         rec.late_sends += 1
     try:
         async with session.post(url, json=payload) as resp:
-            await resp.read()
+            body = await resp.read()
             status = resp.status
     except Exception as exc:  # every failure is data for the report, never fatal
-        rec.error(_classify(exc))
+        rec.error(_classify(exc), scheduled=scheduled)
         rec.finished += 1
         rec.last_done = loop.time()
         return
@@ -186,9 +210,13 @@ async def _one_request(
     rec.finished += 1
     if 200 <= status < 300:
         rec.ok += 1
-        rec.latencies.append((done - scheduled) * 1000.0)
+        latency = (done - scheduled) * 1000.0
+        rec.latencies.append(latency)
+        degraded = DEGRADED.search(body) is not None
+        rec.degraded += degraded
+        rec.timeline.append((round(scheduled - rec.t0, 4), "degraded" if degraded else "ok", round(latency, 3)))
     else:
-        rec.error(f"http {status}")
+        rec.error(f"http {status}", scheduled=scheduled)
 
 
 async def run_open_loop(
@@ -235,6 +263,7 @@ async def run_open_loop(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         t0 = loop.time() + 0.01
+        rec.t0 = t0
         send_end = t0 + duration_s
         next_progress = t0 + PROGRESS_EVERY_S
         i = 0
@@ -302,6 +331,8 @@ def _build_result(url: str, rps: float, duration_s: float, sent: int, rec: _Reco
         max_send_lag_ms=round(rec.max_lag * 1000.0, 3),
         elapsed_s=round(elapsed, 4),
         latencies_ms=rec.latencies,
+        degraded=rec.degraded,
+        timeline=sorted(rec.timeline),
     )
     if rec.latencies:
         arr = np.asarray(rec.latencies, dtype=float)

@@ -15,6 +15,7 @@ The training run logs the same numbers for a sample of its users as the monitor'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -290,6 +291,10 @@ class Recommender:
             "online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds
         )
         self.metrics = metrics
+        # One read outside the budget: the first opens the store's connection (~100 ms). A store that is
+        # down now is the guard's business on the first request.
+        with contextlib.suppress(Exception):
+            self.user_row("warm-up")
         # The item table exists before the first load: `_load` fills it with the loaded catalogue's rows.
         self.deployment: Deployment[RecsysModel] = Deployment.serving(
             DESIGN_NAME, MODEL_NAME, self._load, settings, publish, metrics, defer, watch

@@ -44,7 +44,7 @@ down: install
 bench: install  ## every benchmark in benchmarks/, results in benchmarks/results/
 	$(VENV)/bin/python -m benchmarks.run_all
 
-drills: install  ## the fault drills at full size (about 17 min), results in benchmarks/results/drills/
+drills: install  ## the stream and service fault drills at full size (about 35 min), results in benchmarks/results/drills/
 	$(VENV)/bin/python -m benchmarks.drills
 
 clean:

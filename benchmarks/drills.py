@@ -1,7 +1,9 @@
-"""The fault drills at full size, one after another (`make drills`): the figures in docs/designs/fraud.md.
+"""The fault drills at full size, one after another (`make drills`): the figures in docs/designs/fraud.md and
+docs/designs/monitoring.md.
 
-Each runs `mlsd drill` in a scratch directory and writes benchmarks/results/drills/<name>.json. About 17 minutes on
-2 cores; nothing else should run meanwhile (the recovery times and the rates depend on it).
+Each runs `mlsd drill` in a scratch directory and writes benchmarks/results/drills/<name>.json. About 35 minutes on
+2 cores (17 for the stream drills, 4 for each service drill); nothing else should run meanwhile (the recovery times,
+the rates and the latencies depend on it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ DRILLS = {
     "broker-restart": ["--scenario", "broker-restart", "--processors", "2", *FULL],
     "stream-crash-4-processors": ["--scenario", "stream-crash", "--processors", "4", "--kills", "3", *FULL],
     "stream-crash-1-processor": ["--scenario", "stream-crash", "--processors", "1", "--kills", "3", *FULL],
+}
+# The service under 100 req/s; its dependency away for 20 s after 20 s, then 20 s more.
+SERVICE = ["--rps", "100", "--outage", "20", "--around", "20"]
+DRILLS |= {
+    "online-store-outage-sqlite": ["--scenario", "online-store-outage", "--online-store", "sqlite", *SERVICE],
+    "online-store-outage-redis": ["--scenario", "online-store-outage", "--online-store", "redis", *SERVICE],
+    "broker-outage": ["--scenario", "broker-outage", *SERVICE],
+    "registry-outage": ["--scenario", "registry-outage", *SERVICE],
 }
 
 if __name__ == "__main__":

@@ -849,7 +849,6 @@ def test_health_probes_reach_mlflow_without_credentials(services: dict[str, dict
     assert '/health"' in inspect.getsource(connect_mlflow)
 
 
-@pytest.mark.xfail(strict=True, reason="Flask-WTF (MLflow's `auth` extra) is not a dependency in uv.lock yet")
 def test_the_image_installs_what_the_basic_auth_app_imports() -> None:
     """mlflow.server.auth imports Flask-WTF, which MLflow installs only with its `auth` extra; the image installs the
     project's non-dev dependencies from uv.lock, so one of the two must be there or the mlflow service cannot start."""

@@ -84,7 +84,7 @@ class FraudScorer:
         defer: Callable[[Callable[[], None]], Any] = defer_to_event_loop,
     ) -> None:
         self.settings = settings
-        connect_mlflow(settings)
+        connect_mlflow(settings, check=False)  # the watcher reports a registry that is away
         self.store = open_feature_store(settings)
         self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
         # The store read is the request's only I/O: bounded, and skipped while the store keeps failing.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pipelines.platform import registry
-from pipelines.platform.errors import one_line
+from pipelines.platform.errors import ServiceUnavailable, one_line
 from pipelines.platform.predictions import PredictionLogger, PredictionRecord, Variant
 from pipelines.platform.watcher import (
     CHALLENGER,
@@ -243,7 +243,7 @@ class Deployment(Generic[M]):
         deployment = cls(
             design, model_name, loader, settings, PredictionLogger.for_design(settings, design, publish), metrics, defer
         )
-        deployment.load()
+        deployment.load(wait_for_registry=watch)
         if watch:
             deployment.start()
         return deployment
@@ -256,12 +256,17 @@ class Deployment(Generic[M]):
     def champion(self) -> ServingModel[M]:
         champion = self.slots.champion
         if champion is None:
-            raise RuntimeError("no champion loaded; call load() first")
+            raise ServiceUnavailable(
+                f"No {self.model_name} champion is loaded yet (the registry has not answered); retry shortly."
+            )
         return champion
 
-    def load(self) -> None:
-        """Load the champion now (its errors propagate: no service without one), then whatever else is registered."""
-        self.watcher.load_champion()
+    def load(self, wait_for_registry: bool = False) -> None:
+        """Load the champion now (its errors propagate: no service without one), then whatever else is registered.
+
+        With `wait_for_registry`, an unreachable registry only delays the champion (see `ModelWatcher`)."""
+        if not self.watcher.load_champion(wait_for_registry):
+            return
         self.watcher.check()
         if self.router.mode != "off" and self.slots.challenger is None:
             log.warning(
@@ -278,7 +283,9 @@ class Deployment(Generic[M]):
         """The routing decision with the models it names, taken once so a swap mid-request changes nothing."""
         champion, challenger = self.slots.champion, self.slots.challenger
         if champion is None:
-            raise RuntimeError("no champion loaded; call load() first")
+            raise ServiceUnavailable(
+                f"No {self.model_name} champion is loaded yet (the registry has not answered); retry shortly."
+            )
         assignment = self.router.assign(key, challenger is not None)
         if assignment.served == CHALLENGER and challenger is not None:
             return assignment, challenger, None

@@ -2,9 +2,11 @@
 
 - `EntityId`: 1-64 printable characters (no control characters: they break logs, keys and files downstream).
 - `Amount`: a finite number; booleans and numeric strings are refused (JSON `true` is not an amount).
-- `EventTime`: a UTC time between 1970 and `now + max_future` (a year-2262 event would move a window's clock past
-  every real event). `now` and `max_future` come from the validation context (`event_context`), so a stream
-  processor and a service apply the bounds its Settings name; without a context the defaults apply.
+- `EventTime`: an RFC 3339 date-time string (no Unix-time numbers, which pydantic would otherwise read, and no bare
+  dates: the published schema says date-time), read as a UTC time between 1970 and `now + max_future` (a year-2262
+  event would move a window's clock past every real event). `now` and `max_future` come from the validation
+  context (`event_context`), so a stream processor and a service apply the bounds its Settings name; without a
+  context the defaults apply.
 
 How far *behind* the stream an event may arrive is a property of the stream, not of one event: the platform loop
 checks it against its watermark (pipelines/platform/stream.py).
@@ -12,10 +14,11 @@ checks it against its watermark (pipelines/platform/stream.py).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StringConstraints, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, ValidationInfo
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_FUTURE = timedelta(days=1)
@@ -26,9 +29,21 @@ EntityId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern
 Amount = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
+DATE_TIME_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
 def utc(value: datetime) -> datetime:
     """Naive times are read as UTC; aware ones are converted."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: the conversion leaves datetime's range
+        raise ValueError("is out of range") from None
+
+
+def _date_time_text(value: object) -> object:
+    if isinstance(value, datetime) or (isinstance(value, str) and DATE_TIME_START.match(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time such as 2026-01-01T12:00:00Z")
 
 
 def event_context(max_future_seconds: float, now: datetime | None = None) -> dict[str, Any]:
@@ -48,4 +63,4 @@ def _plausible(value: datetime, info: ValidationInfo) -> datetime:
     return value
 
 
-EventTime = Annotated[datetime, AfterValidator(_plausible)]
+EventTime = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(_plausible)]

@@ -48,12 +48,15 @@ class RegistryError(InvalidInput):
     """A registry request that cannot be carried out; the message says why and what to do instead."""
 
 
-def connect_mlflow(settings: Settings) -> str:
-    """Point MLflow at the tracking server (or a database URI) and fail in one sentence if it is down."""
+def connect_mlflow(settings: Settings, check: bool = True) -> str:
+    """Point MLflow at the tracking server (or a database URI) and, with `check`, fail in one sentence if it is down.
+
+    Services pass `check=False`: their model watcher says when the registry is away and loads once it is back.
+    """
     import mlflow
 
     uri = settings.tracking_uri
-    if uri.startswith("http"):
+    if check and uri.startswith("http"):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
                 pass

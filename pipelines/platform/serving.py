@@ -35,4 +35,7 @@ def exec_service(target: str, host: str, port: int, workers: int = 1) -> None:
     # A request scores one row or a few hundred: idle OpenMP threads spin-wait and steal the CPU that serves them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # MLflow's client retries a failed request for minutes by default; the model watcher has its own rounds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.execvp(command[0], command)

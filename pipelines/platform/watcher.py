@@ -218,15 +218,33 @@ class ModelWatcher(Generic[M]):
         )
         return model
 
-    def load_champion(self) -> None:
-        """Load the champion now; its errors propagate (no service without one)."""
-        version = self.target(CHAMPION)
+    def load_champion(self, wait_for_registry: bool = False) -> bool:
+        """Load the champion now; its errors propagate (no service without one).
+
+        With `wait_for_registry`, a registry that cannot be reached is logged instead and False returned: the
+        service starts without a champion (not ready) and the watcher loads one as soon as the registry answers.
+        """
+        try:
+            version = self.target(CHAMPION)
+        except Exception as exc:
+            if not wait_for_registry:
+                raise
+            self._registry_down = True
+            log.warning(
+                "cannot reach the registry to find %s@%s, not ready until it answers (retrying every %.0f s): %s",
+                self.name,
+                CHAMPION,
+                self.interval_s,
+                one_line(exc),
+            )
+            return False
         if version is None:
             raise ServiceUnavailable(
                 f"'{self.name}' has no gate-approved champion to serve; train and register one first "
                 "(`mlsd <design> train`) or promote a version with `mlsd registry promote`."
             )
         self.slots.swap(CHAMPION, self.loader(version))
+        return True
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -111,7 +111,7 @@ def load_recsys_model(settings: Settings, version: str) -> ServingModel[RecsysMo
     recommender. Its files are read as arrays, an index and XGBoost's JSON (no pickle)."""
     from pipelines.platform.registry import connect_mlflow
 
-    connect_mlflow(settings)
+    connect_mlflow(settings, check=False)
     recommender, _ = load_recommender(version)
     from pipelines.recsys.rank import FEATURE_NAMES
 
@@ -279,7 +279,7 @@ class Recommender:
         from pipelines.platform.registry import connect_mlflow
 
         self.settings = settings
-        connect_mlflow(settings)
+        connect_mlflow(settings, check=False)  # the watcher reports a registry that is away
         self.store = open_feature_store(settings)
         self.user_rows = OnlineRows(self.store, USER_VIEW, "user_id", USER_FEATURES)
         self.item_features = ItemFeatureTable(

@@ -19,6 +19,7 @@ from pipelines.fraud.events import Decision, TransactionEvent
 with bentoml.importing():
     from pipelines.fraud.scoring import FraudScorer
     from pipelines.platform.deployment import DeploymentMetrics
+    from pipelines.platform.http import harden, unavailable_as_503
     from pipelines.settings import Settings
 
 
@@ -59,14 +60,21 @@ class FraudService:
     async def score(self, transaction: TransactionEvent, /) -> Decision:
         # ~1 ms of CPU per request runs on the event loop; only the online-store read goes to a thread, waited for
         # at most its budget (then the rules alone decide). A shadow prediction runs on the loop's next turn.
-        return await self.scorer.score_async(transaction)
+        with unavailable_as_503():
+            return await self.scorer.score_async(transaction)
 
     @bentoml.api(route="/model")
     async def model(self) -> dict:
-        champion = self.scorer.champion
+        with unavailable_as_503():
+            champion = self.scorer.champion
         return {
             "name": champion.name,
             "version": champion.version,
             "threshold": champion.model.rules.decline_threshold,
             **self.scorer.describe(),
         }
+
+
+# Before BentoML reads a body: 415 unless JSON, 413 past the size limit, 400 in one sentence naming the bad field;
+# /docs and an OpenAPI document that declares those answers.
+harden(FraudService, max_body=Settings().serving_max_request_bytes)

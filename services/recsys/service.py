@@ -18,6 +18,7 @@ from pipelines.recsys.serving import RecommendRequest, RecommendResponse
 
 with bentoml.importing():
     from pipelines.platform.deployment import DeploymentMetrics
+    from pipelines.platform.http import harden, unavailable_as_503
     from pipelines.recsys.serving import Recommender
     from pipelines.settings import Settings
 
@@ -50,9 +51,16 @@ class RecommendService:
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
         # ~10 ms of CPU per request, run on the event loop; only the user-row read goes to a thread, waited for at
         # most its budget (then the most popular items answer). A shadow runs on the loop's next turn.
-        return await self.recommender.recommend_async(request)
+        with unavailable_as_503():
+            return await self.recommender.recommend_async(request)
 
     @bentoml.api(route="/model")
     async def model(self) -> dict:
-        champion = self.recommender.champion
+        with unavailable_as_503():
+            champion = self.recommender.champion
         return {"name": champion.name, "version": champion.version, **self.recommender.describe()}
+
+
+# Before BentoML reads a body: 415 unless JSON, 413 past the size limit, 400 in one sentence naming the bad field;
+# /docs and an OpenAPI document that declares those answers.
+harden(RecommendService, max_body=Settings().serving_max_request_bytes)

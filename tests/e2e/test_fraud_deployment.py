@@ -6,6 +6,7 @@ test); what is under test here is serving: routing, the prediction log, hot relo
 
 from __future__ import annotations
 
+import collections
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from pipelines.fraud.events import PREDICTIONS_TOPIC as FRAUD_PREDICTIONS_TOPIC
 from pipelines.platform.infra import free_port
 from pipelines.platform.predictions import PredictionRecord
 from tests.conftest import unique
+from tests.e2e.contract import fuzz
 from tests.service_process import post, scrape_until, serving, traffic_across
 
 pytestmark = pytest.mark.e2e
@@ -148,3 +150,13 @@ def test_moving_the_champion_under_traffic_fails_no_request_and_the_new_version_
     assert 'mlsd_model_version_info{design="fraud",variant="champion",version="3"} 1.0' in metrics
     assert 'mlsd_model_version_info{design="fraud",variant="champion",version="1"} 0.0' in metrics
     assert shadow_series in metrics
+
+
+# ---------------------------------------------------------------- generated requests
+
+
+def test_generated_requests_get_no_server_error_and_every_answer_matches_the_document(service) -> None:
+    answers = fuzz(service[0], "/score")
+    by_status = collections.Counter(status for (_, _, status) in answers.elements())
+    assert sum(n for (path, _, _), n in answers.items() if path == "/score") >= 1_000, answers  # valid + invalid
+    assert not any(status >= 500 for status in by_status), by_status

@@ -6,6 +6,8 @@ tests/e2e/test_recsys_deployment.py.
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from feature_repo.recsys import ITEM_VIEW, USER_VIEW
@@ -15,6 +17,7 @@ from pipelines.platform.infra import free_port
 from pipelines.recsys.features import backfill_features
 from pipelines.recsys.simulate import config_for_size, simulate_interactions
 from pipelines.recsys.train import train_recsys
+from tests.e2e.contract import fuzz
 from tests.service_process import post, serving
 
 pytestmark = pytest.mark.e2e
@@ -42,11 +45,11 @@ def service(tmp_path_factory, broker):
         "MLSD_RECSYS_SERVICE_PORT": str(port),
     }
     with serving(["recsys", "serve"], env, port) as base:
-        yield base, interactions
+        yield base, interactions, home
 
 
 def test_a_known_user_gets_k_unseen_items_with_stages_and_latency(service):
-    base, interactions = service
+    base, interactions, _ = service
     user = str(interactions["user_id"].iloc[-1])
     status, body = post(f"{base}/recommend", {"user_id": user, "k": 8})
     assert status == 200, body
@@ -61,15 +64,16 @@ def test_a_known_user_gets_k_unseen_items_with_stages_and_latency(service):
 
 
 def test_an_unknown_user_gets_cold_start_items(service):
-    base, _ = service
+    base, _, _ = service
     status, body = post(f"{base}/recommend", {"user_id": "someone-new", "k": 5})
     assert status == 200 and body["known_user"] is False and len(body["items"]) == 5
 
 
 def test_invalid_requests_get_a_400_naming_the_field(service):
-    base, _ = service
+    base, _, _ = service
     status, body = post(f"{base}/recommend", {"user_id": "u", "k": 0})
-    assert status == 400 and any(d["loc"] == ["k"] for d in body["detail"])
+    assert (status, body["error"]) == (400, "Invalid request body")
+    assert body["detail"] == "Field 'k' is invalid: input should be greater than or equal to 1."
 
 
 def test_the_load_test_command_drives_the_service_without_errors(service, tmp_path):
@@ -78,7 +82,7 @@ def test_the_load_test_command_drives_the_service_without_errors(service, tmp_pa
     import sys
     from pathlib import Path
 
-    base, interactions = service
+    base, interactions, _ = service
     path = tmp_path / "interactions.parquet"
     interactions.to_parquet(path)
     mlsd = Path(sys.executable).parent / "mlsd"
@@ -92,3 +96,42 @@ def test_the_load_test_command_drives_the_service_without_errors(service, tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "recsys_20rps.json").read_text())
     assert result["sent"] == 60 and result["errors"] == 0 and result["ok"] == 60
+
+
+def test_with_the_online_store_locked_popular_items_answer_flagged_and_full_answers_return(service):
+    """A small online-store-outage drill over HTTP: another process holds the SQLite store's exclusive lock."""
+    import time
+
+    from pipelines.platform.service_drills import SqliteLock
+
+    base, interactions, home = service
+    user = str(interactions["user_id"].iloc[-1])
+    lock = SqliteLock(home / "feast" / "online.db")
+    try:
+        lock.start()
+        answers = [post(f"{base}/recommend", {"user_id": user, "k": 5}) for _ in range(4)]
+        assert [status for status, _ in answers] == [200] * 4
+        degraded = [body for _, body in answers if body["degraded"]]
+        assert degraded, answers  # the first reads overrun their budget, then the breaker skips the store
+        assert all(item["stage"] == "popular" for body in degraded for item in body["items"])
+        assert all(len(body["items"]) == 5 and body["degraded_reason"] for body in degraded)
+        recent = set(interactions.loc[interactions["user_id"] == user, "item_id"])
+        assert not recent & {item["item_id"] for body in degraded for item in body["items"]}  # still unseen items
+        lock.stop()
+        deadline = time.monotonic() + 15
+        while post(f"{base}/recommend", {"user_id": user, "k": 5})[1]["degraded"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body = post(f"{base}/recommend", {"user_id": user, "k": 5})
+        assert status == 200 and not body["degraded"] and body["variant"] == "champion"
+    finally:
+        lock.stop()
+
+
+# ---------------------------------------------------------------- generated requests
+
+
+def test_generated_requests_get_no_server_error_and_every_answer_matches_the_document(service) -> None:
+    answers = fuzz(service[0], "/recommend")
+    by_status = collections.Counter(status for (_, _, status) in answers.elements())
+    assert sum(n for (path, _, _), n in answers.items() if path == "/recommend") >= 1_000, answers  # valid + invalid
+    assert not any(status >= 500 for status in by_status), by_status

@@ -141,3 +141,51 @@ def test_fraud_scorer_canary_sends_a_sticky_share_of_customers_to_the_challenger
     assert all(len(seen) == 1 for seen in by_customer.values())  # a customer sticks to one variant
     variants = [next(iter(seen)) for seen in by_customer.values()]
     assert ("challenger", "3") in variants and ("champion", "1") in variants
+
+
+@pytest.mark.integration
+def test_with_the_online_store_locked_the_rules_alone_decide_flagged_and_full_answers_return_by_themselves(
+    fraud_registry: SimpleNamespace,
+) -> None:
+    """A small online-store-outage drill: another process holds the SQLite store's exclusive lock."""
+    import time
+
+    from pipelines.fraud.events import TransactionEvent
+    from pipelines.fraud.scoring import FraudScorer
+    from pipelines.platform.service_drills import SqliteLock
+    from tests.fraud.registered_models import move_alias
+
+    settings = fraud_registry.settings.model_copy(
+        update={"serving_store_cooldown_seconds": 0.2, "fraud_blocklist": ["C-blocked"]}
+    )
+    move_alias("champion", "1")
+    scorer = FraudScorer(settings, publish=False, watch=False)
+
+    def score(customer: str, amount: float) -> Any:
+        event = TransactionEvent(
+            transaction_id=unique("tx"), timestamp=T0, customer_id=customer, terminal_id="T1", amount=amount
+        )
+        return scorer.score(event)
+
+    lock = SqliteLock(settings.home / "feast" / "online.db")
+    try:
+        assert not score("C1", 50.0).degraded
+        lock.start()
+        during = [score("C1", 50.0), score("C1", 4_000.0), score("C-blocked", 5.0)]
+        assert [d.degraded for d in during] == [True, True, True]
+        assert [(d.decision, d.rule, d.score) for d in during] == [
+            ("approve", "degraded_amount_within_limit", None),
+            ("review", "degraded_amount_over_limit", None),  # over the lower limit that applies without a score
+            ("decline", "blocklist", None),
+        ]
+        assert during[0].degraded_reason == "online store took longer than 20 ms"
+        assert scorer.describe()["online_store"]["over_budget"] == 3 and scorer.store_guard.is_open
+        lock.stop()
+        deadline = time.monotonic() + 10  # the breaker retries after its cool-down: no restart, no operator
+        while score("C1", 50.0).degraded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        full = score("C1", 50.0)
+        assert not full.degraded and full.score is not None and not scorer.store_guard.is_open
+    finally:
+        lock.stop()
+        scorer.close()

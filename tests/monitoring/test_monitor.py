@@ -249,6 +249,11 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
     # shadow answers of a wild challenger: they would trip every check if they leaked into the windows
     wild = w1.iloc[:50].assign(amount=1e6, amount_to_avg_30d=1e3)
     shadow = prediction_records(wild, features, "99", variant="challenger", served=False)
+    # answers given while the online store was down: no features, no score; in a window they would be all missing
+    degraded = [
+        r.model_copy(update={"features": {}, "score": None, "degraded": "online store took longer than 20 ms"})
+        for r in prediction_records(w1.iloc[:40], features, version)
+    ]
 
     # chargebacks of all frauds (later traffic included) known by a cut-off that completes window 2 but not 3
     cut = pd.Timestamp(w2["timestamp"].max()) + LABEL_DELAY + pd.Timedelta(hours=12)
@@ -259,9 +264,11 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
 
     since = datetime.now(UTC) - timedelta(milliseconds=5)
     producer = make_producer(settings)
-    for record in [*served[:500], *shadow, *served[500:]]:
+    for record in [*served[:500], *shadow, *degraded, *served[500:]]:
         producer.send(FRAUD_PREDICTIONS_TOPIC, encode(record))
     producer.send(FRAUD_PREDICTIONS_TOPIC, b"{not json")
+    year_one = json.loads(encode(served[0]))  # a request dated year 1: refused with its reason, the monitor goes on
+    producer.send(FRAUD_PREDICTIONS_TOPIC, json.dumps({**year_one, "timestamp": "0001-01-01T00:00:00Z"}).encode())
     for label in labels:
         producer.send(LABELS_TOPIC, encode(label))
     producer.flush()
@@ -291,7 +298,8 @@ def test_monitor_windows_reports_alerts_and_performance_once_labels_mature(
 
     # windows: served records only, in arrival order
     assert [w.rows for w in run.windows] == [size, size, size]
-    assert run.shadow_records == 50 and run.served_records == 3 * size and run.dead_lettered == 1
+    assert run.shadow_records == 50 and run.served_records == 3 * size and run.dead_lettered == 2
+    assert run.degraded_records == 40
     assert all(w.model_version == version and w.reference.startswith(f"fraud-xgboost v{version}") for w in run.windows)
     first, second, third = run.windows
     assert first.kinds == [] or first.kinds == ["performance_decay"]

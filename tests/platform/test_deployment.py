@@ -390,3 +390,33 @@ def test_a_closed_prediction_log_counts_what_it_could_not_send() -> None:
     logger.log(record("r1", 0.1, "approve"))
     logger.close(timeout_s=1)
     assert (logger.counts["logged"], logger.counts["dropped"], logger.counts["delivered"]) == (1, 1, 0)
+
+
+@pytest.mark.unit
+def test_a_service_started_while_the_registry_is_away_waits_for_it_and_then_loads_the_champion(caplog) -> None:
+    registry = FakeRegistry()
+    registry.move(champion="1")
+    registry.down = True
+    deployment = Deployment(
+        "fraud",
+        "m",
+        registry.load,
+        Settings(),
+        PredictionLogger(None, FRAUD_PREDICTIONS_TOPIC),
+        version_of=registry.version_of,
+        approved_of=registry.approved_of,
+    )
+    with pytest.raises(ConnectionError):
+        deployment.load()  # without waiting: the error, as before
+    with caplog.at_level(logging.WARNING, logger="mlsd.deployment"):
+        deployment.load(wait_for_registry=True)
+    assert deployment.slots.champion is None
+    assert "not ready until it answers" in caplog.records[-1].getMessage()
+    with pytest.raises(ServiceUnavailable, match="No m champion is loaded yet"):
+        deployment.assign("C1")
+
+    registry.down = False  # the registry answers: the next round loads the champion, and says so
+    with caplog.at_level(logging.WARNING, logger="mlsd.deployment"):
+        deployment.watcher.check()
+    assert deployment.assign("C1")[1].version == "1"
+    assert any("registry reachable again" in r.getMessage() for r in caplog.records)

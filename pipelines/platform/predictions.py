@@ -126,6 +126,9 @@ class PredictionLogger:
         self._wake.set()
 
     def _send_loop(self) -> None:
+        # Connect at once, not at the first record: building a producer holds the GIL for tens of milliseconds,
+        # which the first requests would otherwise pay for.
+        self._connect()
         while True:
             if not self.buffer:
                 if self._stop.is_set():

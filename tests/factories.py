@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 
 from pipelines.platform.predictions import PredictionRecord
@@ -52,3 +53,30 @@ def recommendation(
         items=items,
         latency_ms=10.0,
     )
+
+
+class PickleWatch:
+    """Counts unpickling inside a `with` block through Python's audit events: any pickle that names a class or a
+    function (everything beyond plain data, and every pickle that could run code) raises `pickle.find_class`."""
+
+    _active: list[PickleWatch] = []
+    _hooked = False
+
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+
+    def __enter__(self) -> PickleWatch:
+        if not PickleWatch._hooked:  # an audit hook cannot be removed: one for the whole session
+            sys.addaudithook(PickleWatch._hear)
+            PickleWatch._hooked = True
+        PickleWatch._active.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        PickleWatch._active.remove(self)
+
+    @staticmethod
+    def _hear(event: str, args: tuple[object, ...]) -> None:
+        if event == "pickle.find_class":
+            for watch in PickleWatch._active:
+                watch.classes.append(f"{args[0]}.{args[1]}")

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from feature_repo.fraud import CUSTOMER_FEATURES, FEATURE_SERVICE, TERMINAL_FEATURES
+from feature_repo.fraud import CUSTOMER_FEATURES, CUSTOMER_VIEW, TERMINAL_FEATURES, TERMINAL_VIEW
 from pipelines.fraud.events import Decision, TransactionEvent
 from pipelines.fraud.features import MODEL_FEATURES, STORED_MODEL_FEATURES, request_features
 from pipelines.fraud.model import MODEL_NAME, load_fraud_version
 from pipelines.fraud.rules import Outcome, RulesConfig, decide, decide_without_score
 from pipelines.platform.deployment import Deployment, DeploymentMetrics, defer_to_event_loop
-from pipelines.platform.features import open_feature_store
+from pipelines.platform.features import OnlineRows, open_feature_store
 from pipelines.platform.guard import GuardedDependency
 from pipelines.platform.predictions import PredictionRecord, Variant
 from pipelines.platform.registry import connect_mlflow
@@ -86,7 +86,10 @@ class FraudScorer:
         self.settings = settings
         connect_mlflow(settings, check=False)  # the watcher reports a registry that is away
         self.store = open_feature_store(settings)
-        self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
+        # The platform's direct reader (a read-only SQLite connection per thread, or Feast's Redis read): the
+        # rows `fraud_v1` serves, without Feast's per-value conversions.
+        self.customer_rows = OnlineRows(self.store, CUSTOMER_VIEW, "customer_id", CUSTOMER_FEATURES)
+        self.terminal_rows = OnlineRows(self.store, TERMINAL_VIEW, "terminal_id", TERMINAL_FEATURES)
         # The store read is the request's only I/O: bounded, and skipped while the store keeps failing.
         self.store_guard = GuardedDependency(
             "online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds
@@ -116,11 +119,8 @@ class FraudScorer:
         return self.champion.model.rules
 
     def online_features(self, customer_id: str, terminal_id: str) -> dict[str, float]:
-        response = self.store.get_online_features(
-            features=self.feature_service,
-            entity_rows=[{"customer_id": customer_id, "terminal_id": terminal_id}],
-        ).to_dict()
-        return {name: _number(response.get(name, [None])[0]) for name in STORED}
+        row = {**self.customer_rows.read_one(customer_id), **self.terminal_rows.read_one(terminal_id)}
+        return {name: _number(row.get(name)) for name in STORED}
 
     def model_matrix(self, transaction: TransactionEvent, stored: dict[str, float]) -> np.ndarray:
         """One row in MODEL_FEATURES order: request-time features plus the stored rows (missing history as 0)."""

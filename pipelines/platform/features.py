@@ -216,7 +216,9 @@ class OnlineRows:
         return path, _table_id(self.config.project, self.view, versioning)
 
     def _connection(self) -> sqlite3.Connection:
-        """One read-only connection per thread (the request thread and a refresh thread read side by side)."""
+        """One read-only connection per thread (request threads and a refresh thread read side by side). Never one
+        shared connection: a thread waiting on a locked file holds that connection's mutex, and another thread
+        touching the connection would then wait with the GIL held, stopping the whole process."""
         assert self._sqlite is not None
         connection = getattr(self._local, "connection", None)
         if connection is None:
@@ -264,6 +266,15 @@ class OnlineRows:
     def read(self, ids: list[str]) -> pd.DataFrame:
         """The rows of these entities, once each (index `join_key`, a column per feature); NaN/None where absent."""
         ids = list(dict.fromkeys(str(entity) for entity in ids))
+        return self._frame(ids, self._values(ids))
+
+    def read_one(self, entity: str) -> dict[str, Any]:
+        """One entity's row as {feature: value}, None where absent: a request's read, without building a frame."""
+        values = self._values([str(entity)])
+        return {name: values[name].get(0) for name in self.features}
+
+    def _values(self, ids: list[str]) -> dict[str, dict[int, Any]]:
+        """{feature: {position in `ids`: value}} for the rows found."""
         wanted = set(self.features)
         values: dict[str, dict[int, Any]] = {name: {} for name in self.features}
         if self._sqlite is not None:
@@ -290,7 +301,7 @@ class OnlineRows:
                 for name, value in (row or {}).items():
                     if name in wanted:
                         values[name][i] = _plain_value(value)
-        return self._frame(ids, values)
+        return values
 
     def _store_now(self) -> int:
         """Now as the store keeps times: Feast's SQLite adapter stores a naive UTC datetime as `int(dt.timestamp())`."""

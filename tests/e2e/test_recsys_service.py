@@ -127,6 +127,20 @@ def test_with_the_online_store_locked_popular_items_answer_flagged_and_full_answ
         lock.stop()
 
 
+def test_loading_the_registered_recommender_unpickles_nothing(service):
+    """What the service's watcher does, in this process so that Python's audit events can be heard."""
+    from pipelines.recsys.serving import load_recsys_model
+    from pipelines.settings import Settings
+    from tests.factories import PickleWatch
+
+    _, _, home = service
+    settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    with PickleWatch() as unpickled:
+        model = load_recsys_model(settings, "1")
+    assert model.version == "1" and model.model.item_ids
+    assert unpickled.classes == []  # arrays (allow_pickle=False), a faiss index and XGBoost JSON only
+
+
 # ---------------------------------------------------------------- generated requests
 
 

@@ -189,3 +189,36 @@ def test_with_the_online_store_locked_the_rules_alone_decide_flagged_and_full_an
     finally:
         lock.stop()
         scorer.close()
+
+
+@pytest.mark.integration
+def test_the_scorers_direct_reads_return_what_feasts_feature_service_returns(fraud_registry: SimpleNamespace) -> None:
+    import math
+
+    from feature_repo.fraud import FEATURE_SERVICE
+    from pipelines.fraud.scoring import STORED, FraudScorer
+    from pipelines.fraud.simulate import config_for_size, simulate_transactions
+    from pipelines.fraud.train import backfill_feature_store
+    from tests.fraud.registered_models import move_alias
+
+    settings = fraud_registry.settings
+    move_alias("champion", "1")
+    frame = simulate_transactions(config_for_size(3_000, seed=3))
+    scorer = FraudScorer(settings, publish=False, watch=False)
+    try:
+        backfill_feature_store(settings, frame, scorer.store)
+        pairs = list(zip(frame["customer_id"].tail(30), frame["terminal_id"].tail(30), strict=True))
+        pairs.append(("C-never-seen", "T-never-seen"))
+        service = scorer.store.get_feature_service(FEATURE_SERVICE)
+        for customer, terminal in pairs:
+            feast = scorer.store.get_online_features(
+                features=service, entity_rows=[{"customer_id": customer, "terminal_id": terminal}]
+            ).to_dict()
+            expected = {name: feast[name][0] for name in STORED}
+            mine = scorer.online_features(customer, terminal)
+            assert set(mine) == set(expected)
+            for name, value in expected.items():
+                assert (value is None and math.isnan(mine[name])) or mine[name] == pytest.approx(value), name
+        assert not any(math.isnan(v) for v in scorer.online_features(*pairs[0]).values())
+    finally:
+        scorer.close()

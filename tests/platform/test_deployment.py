@@ -25,7 +25,7 @@ from pipelines.platform.errors import ServiceUnavailable
 from pipelines.platform.predictions import PredictionLogger, PredictionRecord
 from pipelines.platform.watcher import ModelSlots, ModelWatcher, ServingModel
 from pipelines.settings import Settings
-from tests.factories import T0, record
+from tests.factories import T0, PickleWatch, record
 from tests.fraud.registered_models import wait_for
 
 
@@ -288,7 +288,9 @@ def test_the_watcher_follows_the_champion_alias_in_mlflow(fraud_registry: Simple
     move_alias("champion", "1")
     slots: ModelSlots[Any] = ModelSlots()
     watcher = ModelWatcher("fraud-xgboost", slots, partial(load_fraud_model, settings), ("champion",), 0.2)
-    watcher.check()
+    with PickleWatch() as unpickled:
+        watcher.check()
+    assert unpickled.classes == []  # the booster comes from XGBoost's own file: nothing from the registry runs
     first = slots.champion
     assert first is not None and first.version == "1" and first.info["threshold"] == 0.3
     watcher.start()

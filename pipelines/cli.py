@@ -270,7 +270,8 @@ def service_drill(
 
     rows = [(f"{name} the outage", counts(phase)) for name, phase in result["phases"].items()]
     rows += [
-        ("recovery (s)", f"{result['recovery_s']:.1f}"),
+        ("recovery (s): last degraded or failed answer after it was back", f"{result['recovery_s']:.1f}"),
+        ("the service saw it back after (s)", str(result["service_saw_it_back_s"])),
         ("error kinds", ", ".join(f"{k}: {v}" for k, v in result["error_kinds"].items()) or "-"),
         ("seconds", f"{result['seconds']:.0f}"),
     ]

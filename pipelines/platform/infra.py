@@ -42,11 +42,14 @@ def free_port() -> int:
 
 def stack_env(settings: Settings, **variables: str) -> dict[str, str]:
     """The MLSD_* variables that point a child process (`mlsd ... serve`, a stream processor) at this stack:
-    its home, registry and broker, plus `variables` (MLSD_ is prefixed to each name)."""
+    its home, registry, broker and feature store, plus `variables` (MLSD_ is prefixed to each name)."""
     return {
         "MLSD_HOME": str(settings.home),
         "MLSD_MLFLOW_TRACKING_URI": settings.tracking_uri,
         "MLSD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "MLSD_FEAST_ONLINE_STORE": settings.feast_online_store,
+        "MLSD_FEAST_REDIS_URL": settings.feast_redis_url,
+        "MLSD_FEAST_REGISTRY": settings.feast_registry,
         **{f"MLSD_{name.upper()}": value for name, value in variables.items()},
     }
 

@@ -70,7 +70,8 @@ class GuardedDependency:
             return None, self._over_budget()
         except Exception as exc:
             return None, self._failed(exc)
-        return value, self._ok()
+        self._ok()
+        return value, None
 
     def attempt_blocking(self, call: Callable[[], T]) -> tuple[T | None, str | None]:
         """The same for code without an event loop (benchmarks, tests, batch callers): waits at most the budget."""
@@ -83,7 +84,8 @@ class GuardedDependency:
             return None, self._over_budget()
         except Exception as exc:
             return None, self._failed(exc)
-        return value, self._ok()
+        self._ok()
+        return value, None
 
     def _submit(self, call: Callable[[], T]) -> concurrent.futures.Future[T] | str:
         """A running call, or the reason no call was made."""
@@ -107,7 +109,7 @@ class GuardedDependency:
 
     # ------------------------------------------------------------------ the breaker
 
-    def _ok(self) -> None:  # returns None: the `reason` of a call that went well
+    def _ok(self) -> None:
         with self._lock:
             self.counts["ok"] += 1
             self._failures_in_row = 0
@@ -115,7 +117,6 @@ class GuardedDependency:
             if self._open_until is not None:
                 self._open_until = None
                 log.warning("%s answers again: full answers resumed", self.name)
-        return None
 
     def _over_budget(self) -> str:
         return self._problem("over_budget", f"{self.name} took longer than {self.budget_s * 1000:.0f} ms")

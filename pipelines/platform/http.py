@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,7 +32,7 @@ Scope = dict[str, Any]
 ERROR_SCHEMA = "InvalidArgument"  # BentoML's component: {error: string (required), detail: string}
 
 
-def _one_sentence(errors: list[dict[str, Any]]) -> str:
+def _one_sentence(errors: Sequence[Mapping[str, Any]]) -> str:
     """Pydantic's errors as one sentence: the first problem, the field it is in, and how to fix it."""
     first = errors[0]
     loc, kind, msg = tuple(first.get("loc", ())), first.get("type", ""), str(first.get("msg", ""))

@@ -82,7 +82,12 @@ def canary_report(
     label delay, whose chargeback would have arrived by now (newer ones would count late fraud as genuine).
     """
     frauds = {label.transaction_id for label in labels if label.is_fraud == 1}
-    served = [r for r in unique_records(records) if r.served and (mature_before is None or r.timestamp < mature_before)]
+    # Degraded answers (no features, no score) judge neither model: they are left out, like the monitor does.
+    served = [
+        r
+        for r in unique_records(records)
+        if r.served and not r.degraded and (mature_before is None or r.timestamp < mature_before)
+    ]
     by_variant = {variant: [r for r in served if r.variant == variant] for variant in ("champion", "challenger")}
     outcomes = {variant: _variant_outcomes(rows, frauds) for variant, rows in by_variant.items()}
     rng = np.random.default_rng(seed)

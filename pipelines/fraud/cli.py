@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from pipelines.platform.console import console, write_json_out
+from pipelines.platform.console import console, warn, write_json_out
 from pipelines.platform.deployment import ServingMode
 from pipelines.settings import Settings
 
@@ -279,7 +279,7 @@ def fraud_serve(
     """Serve the champion model with BentoML: POST /score, /model, /metrics, /readyz, /livez, OpenAPI at /docs."""
     from pipelines.fraud.model import MODEL_NAME, TRAIN_HINT
     from pipelines.platform.infra import require_free_port
-    from pipelines.platform.registry import connect_mlflow, require_alias
+    from pipelines.platform.registry import check_servable
     from pipelines.platform.serving import exec_service
 
     # Deployment options reach the service's workers as MLSD_* variables; reading Settings validates them here.
@@ -290,8 +290,9 @@ def fraud_serve(
     s = Settings()
     port = port or s.fraud_service_port
     require_free_port(port, "the fraud scoring service", "MLSD_FRAUD_SERVICE_PORT")
-    connect_mlflow(s)
-    require_alias(MODEL_NAME, "champion", TRAIN_HINT)  # fail here, in one sentence, rather than inside a worker
+    # Fail here, in one sentence, rather than inside a worker; a registry that is down only delays the champion.
+    if warning := check_servable(s, MODEL_NAME, TRAIN_HINT):
+        warn(warning)
     exec_service("services.fraud.service:FraudService", host, port, s.fraud_service_workers)
 
 

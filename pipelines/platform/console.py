@@ -46,3 +46,10 @@ def fail(message: str) -> None:
 
     error_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise SystemExit(1)
+
+
+def warn(message: str) -> None:
+    """Print one plain sentence on stderr (no markup parsing of user data) and go on."""
+    from rich.markup import escape
+
+    error_console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)

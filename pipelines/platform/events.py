@@ -5,8 +5,8 @@
 - `EventTime`: an RFC 3339 date-time string (no Unix-time numbers, which pydantic would otherwise read, and no bare
   dates: the published schema says date-time), read as a UTC time between 1970 and `now + max_future` (a year-2262
   event would move a window's clock past every real event). `now` and `max_future` come from the validation
-  context (`event_context`), so a stream processor and a service apply the bounds its Settings name; without a
-  context the defaults apply.
+  context (`event_context`), so a stream processor applies the bounds its Settings name; without a context (the
+  services' request bodies) the defaults apply.
 
 How far *behind* the stream an event may arrive is a property of the stream, not of one event: the platform loop
 checks it against its watermark (pipelines/platform/stream.py).

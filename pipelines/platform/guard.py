@@ -66,10 +66,13 @@ class GuardedDependency:
             return None, future
         try:
             value = await asyncio.wait_for(asyncio.wrap_future(future), self.budget_s)
-        except TimeoutError:
-            return None, self._over_budget()
+        except TimeoutError as exc:  # the budget ran out, or the call itself raised a TimeoutError
+            return None, self._failed(exc) if future.done() else self._over_budget()
         except Exception as exc:
             return None, self._failed(exc)
+        except BaseException:  # the request was cancelled (a server timeout): a probe it carried must not stay open
+            self._abandoned()
+            raise
         self._ok()
         return value, None
 
@@ -80,10 +83,13 @@ class GuardedDependency:
             return None, future
         try:
             value = future.result(self.budget_s)
-        except concurrent.futures.TimeoutError:
-            return None, self._over_budget()
+        except TimeoutError as exc:
+            return None, self._failed(exc) if future.done() else self._over_budget()
         except Exception as exc:
             return None, self._failed(exc)
+        except BaseException:
+            self._abandoned()
+            raise
         self._ok()
         return value, None
 
@@ -99,7 +105,13 @@ class GuardedDependency:
                     return f"{self.name} skipped after repeated failures ({self.last_problem})"
                 self._probing = True  # cool-down over: this call probes, the others still skip
             self._in_flight += 1
-        future = self._pool.submit(call)
+        try:
+            future = self._pool.submit(call)
+        except RuntimeError:  # closed: the service is stopping
+            with self._lock:
+                self._in_flight -= 1
+                self._probing = False
+            return f"{self.name} not used: the service is stopping"
         future.add_done_callback(self._done)
         return future
 
@@ -117,6 +129,10 @@ class GuardedDependency:
             if self._open_until is not None:
                 self._open_until = None
                 log.warning("%s answers again: full answers resumed", self.name)
+
+    def _abandoned(self) -> None:
+        """A caller gave up without an answer: count it as an overrun, so a probe it carried is settled."""
+        self._over_budget()
 
     def _over_budget(self) -> str:
         return self._problem("over_budget", f"{self.name} took longer than {self.budget_s * 1000:.0f} ms")

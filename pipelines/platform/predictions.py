@@ -89,6 +89,7 @@ class PredictionLogger:
         self.broker_reachable = connect is not None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if connect is not None:
             self._thread = threading.Thread(target=self._send_loop, name=f"log-{topic}", daemon=True)
@@ -136,7 +137,11 @@ class PredictionLogger:
                 self._wake.wait(0.1)
                 self._wake.clear()
                 continue
-            sent = (self.producer is not None or self._connect()) and self._send_buffered()
+            try:
+                sent = (self.producer is not None or self._connect()) and self._send_buffered()
+            except Exception as exc:  # the sender must outlive any surprise: the buffer would only fill up
+                log.warning("prediction log sender: %s; retrying in %.0f s", one_line(exc), self.retry_s)
+                sent = False
             if not sent and self._stop.wait(self.retry_s):  # broker away: retry later, or give up when closing
                 return
 
@@ -159,6 +164,9 @@ class PredictionLogger:
         return True
 
     def _send_buffered(self) -> bool:
+        """Hand the buffered records to the producer; False when the broker is away (the rest stay buffered)."""
+        from kafka.errors import KafkaTimeoutError
+
         from pipelines.platform.stream import encode
 
         assert self.producer is not None
@@ -167,11 +175,15 @@ class PredictionLogger:
             try:
                 # Keyed by request: the served and the shadow record of a request share a partition and their order.
                 future = self.producer.send(self.topic, encode(record), key=record.request_id.encode())
-            except Exception as exc:  # no metadata or no room within max_block: the broker is away
+            except KafkaTimeoutError as exc:  # no metadata or no room within max_block: the broker is away
                 if self.broker_reachable:
                     log.warning("prediction log: cannot send to %s, buffering: %s", self.topic, one_line(exc))
                 self.broker_reachable = False
                 return False
+            except Exception as exc:  # this record cannot be sent (too large, ...): counted, never blocks the rest
+                self.buffer.popleft()
+                self._failed(exc)
+                continue
             self.buffer.popleft()
             future.add_callback(self._delivered)
             future.add_errback(self._failed)
@@ -179,11 +191,13 @@ class PredictionLogger:
         return True
 
     def _delivered(self, _metadata: Any) -> None:
-        self.counts["delivered"] += 1
+        with self._count_lock:  # the sender thread and Kafka's I/O thread both report outcomes
+            self.counts["delivered"] += 1
 
     def _failed(self, exc: BaseException) -> None:
-        self.counts["failed"] += 1
-        failed = self.counts["failed"]
+        with self._count_lock:
+            self.counts["failed"] += 1
+            failed = self.counts["failed"]
         if failed == 1 or failed % 1000 == 0:
             log.warning("prediction records lost after the producer took them (%d so far): %s", failed, one_line(exc))
 
@@ -202,6 +216,9 @@ class PredictionLogger:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():  # still inside a send: leave the producer and the buffer to it
+                log.warning("prediction log: %d records still being sent at shutdown", len(self.buffer))
+                return
             self._thread = None
         if self.producer is not None:
             self.producer.flush(timeout=timeout_s)

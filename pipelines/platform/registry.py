@@ -289,7 +289,7 @@ def approved_version(name: str, alias: str) -> str | None:
 
     Serving follows an alias only to this version: an alias moved outside this module leaves no record.
     """
-    for run in _audit_runs(name, alias, limit=50):
+    for run in _audit_runs(name, alias, limit=None):  # pages lazily: stops at the first approving record
         if run.data.tags.get("action") in APPROVING_ACTIONS:
             return run.data.tags.get("to_version") or None
     return None
@@ -503,6 +503,25 @@ def require_alias(name: str, alias: str, train_hint: str) -> str:
     if version is None:
         raise ServiceUnavailable(f"No model '{name}' has the alias '{alias}' yet; train one first with {train_hint}.")
     return version
+
+
+def check_servable(settings: Settings, name: str, train_hint: str) -> str | None:
+    """Before a service starts: fail in one sentence when there is nothing it may serve; when the registry cannot be
+    reached now, return a warning instead (the service starts not ready and loads its champion once it answers)."""
+    try:
+        connect_mlflow(settings)
+        require_alias(name, CHAMPION, train_hint)
+        approved = approved_version(name, CHAMPION)
+    except ServiceUnavailable as exc:
+        if "not reachable" not in str(exc):
+            raise
+        return f"{exc} The service starts anyway, not ready until the registry answers."
+    if approved is None:
+        raise ServiceUnavailable(
+            f"'{name}@{CHAMPION}' was never set by training, the gate or a rollback, so no service will serve it; "
+            f"promote a version with `mlsd registry promote` or train one with {train_hint}."
+        )
+    return None
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:

@@ -145,16 +145,24 @@ class ModelWatcher(Generic[M]):
         if self._unapproved.get(alias) == version and self.refusals.get(alias) != version:
             self.refusals[alias] = version
             self.refused += 1
-            kept = f"v{approved}, the last version the gate approved" if approved else "nothing"
+            kept = (
+                f"v{current.version}"
+                if current is not None
+                else (
+                    f"v{approved}, the last version the gate approved" if alias == CHAMPION and approved else "nothing"
+                )
+            )
             log.warning(
                 "refusing %s@%s v%s: the registry audit has no promotion of it (the alias was moved outside the "
-                "gate); serving %s; promote it with `mlsd registry promote`",
+                "gate); serving %s; move it with `mlsd registry promote` or training's --alias",
                 self.name,
                 alias,
                 version,
                 kept,
             )
         self._unapproved[alias] = version
+        if alias == CHALLENGER:  # a refused challenger never brings back an older one: keep what the slot has
+            return current.version if current is not None else None
         return approved
 
     def _clear_refusal(self, alias: str) -> None:

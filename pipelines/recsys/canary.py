@@ -51,7 +51,12 @@ def recsys_canary_report(
     from pipelines.recsys.monitoring import recsys_hits
 
     newest = pd.Timestamp(interactions["timestamp"].max()) if len(interactions) else None
-    served = [r for r in unique_records(records) if r.served and newest is not None and r.timestamp + horizon <= newest]
+    # Degraded answers (popular items, no ranking) judge neither model: they are left out, like the monitor does.
+    served = [
+        r
+        for r in unique_records(records)
+        if r.served and not r.degraded and newest is not None and r.timestamp + horizon <= newest
+    ]
     rng = np.random.default_rng(seed)
     outcomes: dict[str, dict[str, Any]] = {}
     boots: dict[str, np.ndarray] = {}

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from pipelines.platform.console import console, write_json_out
+from pipelines.platform.console import console, warn, write_json_out
 from pipelines.settings import Settings
 
 app = typer.Typer(
@@ -184,15 +184,16 @@ def recsys_serve(
 ) -> None:
     """Serve `recsys-ranker@champion` with BentoML: POST /recommend, /model, /readyz, /livez, OpenAPI at /docs."""
     from pipelines.platform.infra import require_free_port
-    from pipelines.platform.registry import connect_mlflow, require_alias
+    from pipelines.platform.registry import check_servable
     from pipelines.platform.serving import exec_service
     from pipelines.recsys.model import MODEL_NAME, TRAIN_HINT
 
     s = Settings()
     port = port or s.recsys_service_port
     require_free_port(port, "the recommendation service", "MLSD_RECSYS_SERVICE_PORT")
-    connect_mlflow(s)
-    require_alias(MODEL_NAME, "champion", TRAIN_HINT)  # fail here, in one sentence, rather than inside a worker
+    # Fail here, in one sentence, rather than inside a worker; a registry that is down only delays the champion.
+    if warning := check_servable(s, MODEL_NAME, TRAIN_HINT):
+        warn(warning)
     exec_service("services.recsys.service:RecommendService", host, port)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -82,6 +83,21 @@ class FakeRegistry:
             raise ConnectionError("registry down")
         return self.approved.get(alias)
 
+    def watcher(self, slots: ModelSlots[str], now: list[float] | None = None) -> ModelWatcher[str]:
+        """A watcher of both aliases on this registry (clock `now[0]` when given)."""
+        clock = (lambda: now[0]) if now is not None else time.monotonic
+        return ModelWatcher(
+            "m",
+            slots,
+            self.load,
+            ("champion", "challenger"),
+            5.0,
+            self.version_of,
+            60.0,
+            clock,
+            approved_of=self.approved_of,
+        )
+
     def move(self, **aliases: str) -> None:
         """Move aliases the way the gate does: the audit trail records each move."""
         self.aliases.update(aliases)
@@ -100,17 +116,7 @@ def test_the_watcher_swaps_a_moved_alias_and_keeps_the_old_model_when_a_load_fai
     registry.move(champion="1")
     slots: ModelSlots[str] = ModelSlots()
     now = [0.0]
-    watcher = ModelWatcher(
-        "m",
-        slots,
-        registry.load,
-        ("champion", "challenger"),
-        5.0,
-        registry.version_of,
-        60.0,
-        lambda: now[0],
-        approved_of=registry.approved_of,
-    )
+    watcher = registry.watcher(slots, now)
     assert [m.version for m in watcher.check()] == ["1"]
     assert watcher.check() == []  # nothing moved: no load at all
     assert registry.loads == 1
@@ -422,3 +428,34 @@ def test_a_service_started_while_the_registry_is_away_waits_for_it_and_then_load
         deployment.watcher.check()
     assert deployment.assign("C1")[1].version == "1"
     assert any("registry reachable again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.unit
+def test_a_challenger_moved_outside_the_gate_is_refused_without_bringing_back_an_older_one() -> None:
+    registry = FakeRegistry()
+    registry.move(champion="1", challenger="4")
+    slots: ModelSlots[str] = ModelSlots()
+    watcher = registry.watcher(slots)
+    watcher.check()
+    assert slots.challenger.version == "4"  # type: ignore[union-attr]
+    del registry.aliases["challenger"]  # the shadow is stopped
+    watcher.check()
+    assert slots.challenger is None
+    registry.aliases["challenger"] = "9"  # moved by hand: neither v9 nor the old v4 is shadowed or canaried
+    watcher.check()
+    watcher.check()
+    assert slots.challenger is None and watcher.describe()["refusing"] == {"challenger": "9"}
+
+
+@pytest.mark.integration
+def test_a_record_the_broker_refuses_is_counted_as_failed_and_the_others_still_go(kafka_settings: Settings) -> None:
+    from pipelines.platform.stream import make_producer
+
+    # A producer that refuses records over 1 KiB: one record with a long item list, the others small.
+    logger = PredictionLogger(lambda: make_producer(kafka_settings, max_request_size=1024), "test.predictions.size")
+    big = record("big", 0.1, "approve").model_copy(update={"items": [f"item-{i:05d}" for i in range(500)]})
+    for entry in (record("r1", 0.1, "approve"), big, record("r2", 0.1, "approve")):
+        logger.log(entry)
+    assert wait_for(lambda: logger.counts["delivered"] == 2, 30), logger.describe()
+    logger.close()
+    assert subset(logger.describe(), logged=3, delivered=2, failed=1, waiting=0, dropped=0)

@@ -29,6 +29,13 @@ class Store:
         return "row"
 
 
+def settle(dependency: GuardedDependency) -> None:
+    """Wait until the calls left running past their budget have returned."""
+    deadline = time.monotonic() + 5
+    while dependency.describe()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def guard(clock: list[float], threads: int = 4) -> GuardedDependency:
     return GuardedDependency(
         "store", budget_s=0.05, cooldown_s=1.0, failures_to_open=3, threads=threads, clock=lambda: clock[0]
@@ -78,11 +85,9 @@ def test_a_hung_dependency_holds_no_caller_past_the_budget_and_no_more_threads_t
     assert dependency.attempt_blocking(store.read)[1] == "store busy: 2 earlier calls have not returned"
     assert store.calls == 2
 
-    store.release.set()  # the hung calls return; after the cool-down the dependency is used again
+    store.release.set()  # the hung calls return: the pool has room again and the dependency is used
     store.mode = "up"
-    deadline = time.monotonic() + 5
-    while dependency.describe()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(dependency)
     assert dependency.attempt_blocking(store.read) == ("row", None)
     dependency.close()
 
@@ -99,9 +104,7 @@ def test_a_probe_due_while_every_thread_hangs_does_not_wedge_the_breaker() -> No
     assert dependency.attempt_blocking(store.read)[1] == "store busy: 3 earlier calls have not returned"
     store.release.set()
     store.mode = "up"
-    deadline = time.monotonic() + 5
-    while dependency.describe()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(dependency)
     assert dependency.attempt_blocking(store.read) == ("row", None)
     assert not dependency.is_open
     dependency.close()
@@ -132,3 +135,42 @@ def test_on_an_event_loop_the_call_runs_in_a_thread_and_the_loop_keeps_turning()
     assert ticks > 5  # the loop served other work while the call hung
     store.release.set()
     dependency.close()
+
+
+@pytest.mark.unit
+def test_a_probe_whose_request_is_cancelled_does_not_leave_the_breaker_open_for_good() -> None:
+    clock, store = [0.0], Store()
+    dependency = guard(clock)
+    store.mode = "down"
+    for _ in range(3):
+        dependency.attempt_blocking(store.read)
+    clock[0] = 2.0  # cool-down over; the probing request is cancelled (a server's request timeout) while it waits
+    store.mode = "hung"
+
+    async def cancelled_probe() -> None:
+        task = asyncio.create_task(dependency.attempt(store.read))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_probe())
+    store.release.set()
+    store.mode = "up"
+    clock[0] = 4.0  # the next cool-down is over: a new probe is made, and it closes the breaker
+    settle(dependency)
+    assert dependency.attempt_blocking(store.read) == ("row", None)
+    assert not dependency.is_open
+    dependency.close()
+
+
+@pytest.mark.unit
+def test_a_call_that_raises_a_timeout_itself_is_a_failure_not_an_overrun() -> None:
+    dependency = guard([0.0])
+
+    def read() -> str:
+        raise TimeoutError("socket timed out")
+
+    assert dependency.attempt_blocking(read) == (None, "store failed: TimeoutError: socket timed out")
+    dependency.close()
+    assert dependency.attempt_blocking(read) == (None, "store not used: the service is stopping")

@@ -105,3 +105,44 @@ def test_rollback_walks_back_through_earlier_champions(settings: Settings, model
     records = history(FRAUD_MODEL)
     assert [r.action for r in records] == ["rollback", "register", "rollback", "rollback", *["register"] * 3]
     assert records[3].reason == "v3 declines too many good payments"
+
+
+def test_only_register_promote_and_rollback_approve_a_version_and_a_bare_alias_move_does_not(
+    settings: Settings, model_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.platform.registry import approved_version, check_servable, promote_version, record_rejection
+
+    assert approved_version(FRAUD_MODEL, CHAMPION) is None  # nothing audited yet
+    register_version(model_uri, FRAUD_MODEL, CHAMPION)  # v1
+    register_version(model_uri, FRAUD_MODEL, CHALLENGER)  # v2
+    assert (approved_version(FRAUD_MODEL, CHAMPION), approved_version(FRAUD_MODEL, CHALLENGER)) == ("1", "2")
+    for _ in range(3):
+        record_rejection(FRAUD_MODEL, "2", "worse on the holdout")  # names v2, approves nothing
+    assert approved_version(FRAUD_MODEL, CHAMPION) == "1"
+    promote_version(FRAUD_MODEL, "2", "better on the holdout")
+    assert approved_version(FRAUD_MODEL, CHAMPION) == "2"
+    rollback(FRAUD_MODEL)
+    assert approved_version(FRAUD_MODEL, CHAMPION) == "1"
+    register_version(model_uri, FRAUD_MODEL, None)  # v3, no alias
+    MlflowClient().set_registered_model_alias(FRAUD_MODEL, CHAMPION, "3")  # outside the registry module
+    assert alias_version(FRAUD_MODEL, CHAMPION) == "3" and approved_version(FRAUD_MODEL, CHAMPION) == "1"
+    assert check_servable(settings, FRAUD_MODEL, "train") is None  # an approved champion exists (v1)
+
+
+def test_a_service_refuses_to_start_on_a_champion_never_set_through_the_registry(
+    settings: Settings, model_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.platform.errors import ServiceUnavailable
+    from pipelines.platform.registry import check_servable
+
+    register_version(model_uri, FRAUD_MODEL, None)
+    MlflowClient().set_registered_model_alias(FRAUD_MODEL, CHAMPION, "1")
+    with pytest.raises(ServiceUnavailable, match="was never set by training, the gate or a rollback"):
+        check_servable(settings, FRAUD_MODEL, "`mlsd fraud train`")
+    away = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})  # nothing listens there
+    warning = check_servable(away, FRAUD_MODEL, "`mlsd fraud train`")
+    assert warning is not None and "not reachable" in warning and "starts anyway" in warning

@@ -10,7 +10,6 @@ lets tests and benchmarks call it without HTTP.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -91,20 +90,10 @@ class FraudScorer:
         self.customer_rows = OnlineRows(self.store, CUSTOMER_VIEW, "customer_id", CUSTOMER_FEATURES)
         self.terminal_rows = OnlineRows(self.store, TERMINAL_VIEW, "terminal_id", TERMINAL_FEATURES)
         # The store read is the request's only I/O: bounded, and skipped while the store keeps failing.
-        self.store_guard = GuardedDependency(
-            "online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds
-        )
-        self.metrics = metrics
-        self._warm_up()
+        self.store_guard = GuardedDependency.online_store(settings, partial(self.online_features, "warm-up", "warm-up"))
         self.deployment: Deployment[FraudModel] = Deployment.serving(
             DESIGN_NAME, MODEL_NAME, partial(load_fraud_model, settings), settings, publish, metrics, defer, watch
         )
-
-    def _warm_up(self) -> None:
-        """One read outside the budget: the first opens the store's connection and loads its registry (~100 ms)."""
-        # A store that is down now is the guard's business on the first request.
-        with contextlib.suppress(Exception):
-            self.online_features("warm-up", "warm-up")
 
     @property
     def champion(self) -> ServingModel[FraudModel]:
@@ -219,9 +208,7 @@ class FraudScorer:
             degraded_reason=problem,
         )
         record = _record(transaction, request_id, model, variant, True, {}, None, outcome, decision.latency_ms)
-        self.deployment.log(record.model_copy(update={"degraded": problem}))
-        if self.metrics is not None:
-            self.metrics.answered_degraded("online_store")
+        self.deployment.log_degraded(record, problem, "online_store")
         return decision
 
     def _shadow(

@@ -256,9 +256,7 @@ class Deployment(Generic[M]):
     def champion(self) -> ServingModel[M]:
         champion = self.slots.champion
         if champion is None:
-            raise ServiceUnavailable(
-                f"No {self.model_name} champion is loaded yet (the registry has not answered); retry shortly."
-            )
+            raise self._not_ready()
         return champion
 
     def load(self, wait_for_registry: bool = False) -> None:
@@ -283,18 +281,27 @@ class Deployment(Generic[M]):
         """The routing decision with the models it names, taken once so a swap mid-request changes nothing."""
         champion, challenger = self.slots.champion, self.slots.challenger
         if champion is None:
-            raise ServiceUnavailable(
-                f"No {self.model_name} champion is loaded yet (the registry has not answered); retry shortly."
-            )
+            raise self._not_ready()
         assignment = self.router.assign(key, challenger is not None)
         if assignment.served == CHALLENGER and challenger is not None:
             return assignment, challenger, None
         return assignment, champion, challenger if assignment.shadow else None
 
+    def _not_ready(self) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"No {self.model_name} champion is loaded yet (the registry has not answered); retry shortly."
+        )
+
     def log(self, record: PredictionRecord) -> None:
         self.logger.log(record)
         if self.metrics is not None:
             self.metrics.predicted(record.variant, record.served)
+
+    def log_degraded(self, record: PredictionRecord, reason: str, dependency: str) -> None:
+        """A degraded answer's record, flagged with why, and counted by the dependency that failed."""
+        self.log(record.model_copy(update={"degraded": reason}))
+        if self.metrics is not None:
+            self.metrics.answered_degraded(dependency)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pipelines.platform.errors import one_line
+from pipelines.settings import Settings
 
 log = logging.getLogger("mlsd.deployment")
 
@@ -56,6 +58,15 @@ class GuardedDependency:
         self._probing = False
         self.counts = {"ok": 0, "failed": 0, "over_budget": 0, "skipped": 0}
         self.last_problem = ""
+
+    @classmethod
+    def online_store(cls, settings: Settings, warm_up: Callable[[], Any]) -> GuardedDependency:
+        """The services' online-store guard, from Settings, after one read outside the budget (`warm_up`): the
+        first read opens the store's connection (~100 ms). A store that is down now is the guard's business on the
+        first request."""
+        with contextlib.suppress(Exception):
+            warm_up()
+        return cls("online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds)
 
     # ------------------------------------------------------------------ the call
 

@@ -23,8 +23,6 @@ two agree to a few milliseconds.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -177,24 +175,18 @@ def drill_stack(folder: Path, spec: ServiceDrillSpec, online_store: str) -> Iter
 
 
 @contextmanager
-def running_service(settings: Settings, spec: ServiceDrillSpec, port: int, log: Path) -> Iterator[str]:
-    from pipelines.platform.infra import stack_env, wait_for_http
+def running_service(settings: Settings, spec: ServiceDrillSpec, port: int) -> Iterator[str]:
+    """The design's service as a process of the stack (log under `<home>/run/`), ready; stopped afterwards."""
+    from pipelines.platform.infra import stack_env, start_process, stop_process, wait_for_http
 
-    env = {**os.environ, **stack_env(settings, **{spec.port_setting: str(port)})}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [*MLSD, *spec.serve], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    name = "drill-service"
+    process = start_process(settings, name, [*MLSD, *spec.serve], stack_env(settings, **{spec.port_setting: str(port)}))
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{base}/readyz", 180, "The service", log)
+        wait_for_http(f"{base}/readyz", 180, "The service", process.log)
         yield base
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process(settings, name, timeout_s=30)
 
 
 def model_page(base: str) -> dict[str, Any]:
@@ -276,7 +268,7 @@ def run_service_drill(
             fault = StackProcess(settings, "mlflow", lambda: start_mlflow(settings))
             allowance = 30.0
         say("starting the service")
-        with running_service(settings, spec, free_port(), Path(tmp) / "service.log") as base:
+        with running_service(settings, spec, free_port()) as base:
             url = base + spec.path
             run_load_test(url, lambda i: payloads[i % len(payloads)], rps, 3.0)  # warm-up, not reported
             total = before_s + outage_s + after_s + allowance

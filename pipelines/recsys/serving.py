@@ -15,7 +15,6 @@ The training run logs the same numbers for a sample of its users as the monitor'
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -287,14 +286,7 @@ class Recommender:
         )
         self.rerank_config = rerank_config or RerankConfig()
         # The user-row read is the request's only I/O: bounded, and skipped while the store keeps failing.
-        self.store_guard = GuardedDependency(
-            "online store", settings.serving_store_budget_ms / 1000, settings.serving_store_cooldown_seconds
-        )
-        self.metrics = metrics
-        # One read outside the budget: the first opens the store's connection (~100 ms). A store that is
-        # down now is the guard's business on the first request.
-        with contextlib.suppress(Exception):
-            self.user_row("warm-up")
+        self.store_guard = GuardedDependency.online_store(settings, partial(self.user_row, "warm-up"))
         # The item table exists before the first load: `_load` fills it with the loaded catalogue's rows.
         self.deployment: Deployment[RecsysModel] = Deployment.serving(
             DESIGN_NAME, MODEL_NAME, self._load, settings, publish, metrics, defer, watch
@@ -391,9 +383,7 @@ class Recommender:
         total_ms = round((time.perf_counter() - started) * 1000, 3)
         answer = _Answer(final, {}, final[0][1] if final else 0.0, {}, known)
         record = _record(request, at, request_id, model, variant, True, answer, total_ms)
-        self.deployment.log(record.model_copy(update={"degraded": problem}))
-        if self.metrics is not None:
-            self.metrics.answered_degraded("online_store")
+        self.deployment.log_degraded(record, problem, "online_store")
         return RecommendResponse(
             user_id=request.user_id,
             items=[RecommendedItem(item_id=i, score=round(s, 6), stage=g) for i, s, g in final],

@@ -5,7 +5,7 @@ UV := .tools/bin/uv
 VENV := .venv
 MLSD := $(VENV)/bin/mlsd
 
-.PHONY: install demo test test-unit lint typecheck up down bench drills clean
+.PHONY: install demo test test-unit test-shuffled lint typecheck up down bench drills clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -27,6 +27,9 @@ test: install  ## unit, integration (embedded broker, Feast, MLflow, Redis, Post
 
 test-unit: install
 	$(VENV)/bin/pytest -m unit
+
+test-shuffled: install  ## the whole suite in a random order of modules and of tests within them
+	$(VENV)/bin/pytest --random-order-bucket=module
 
 lint: install
 	$(VENV)/bin/ruff check pipelines services feature_repo tests benchmarks

@@ -1,10 +1,14 @@
 """One configuration object for every process, read from MLSD_* environment variables and `.env`.
 
+MLSD_ENV_FILE names another dotenv file; set it empty to read none (the tests do, so a developer's `.env` never
+reaches them or the processes they start).
+
 It is created once in an entry point and passed down; nothing in the package reads the environment elsewhere.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -14,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MLSD_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MLSD_", env_file=os.environ.get("MLSD_ENV_FILE", ".env") or None, extra="ignore"
+    )
 
     # -- General
     home: Path = Field(default=Path(".mlsd"), description="Working folder for data, stores, logs and reports")

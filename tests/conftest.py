@@ -10,9 +10,17 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from pipelines.settings import Settings
-
+# Each test builds its own Settings: no MLSD_* variable from the shell and no `.env` reaches this process or the
+# processes the tests start. Set before Settings is imported, which reads MLSD_ENV_FILE once.
+for name in [name for name in os.environ if name.startswith("MLSD_")]:
+    del os.environ[name]
+os.environ["MLSD_ENV_FILE"] = ""
+# A slow store read on a busy test machine must not turn an answer into a degraded one; the tests of the budget
+# and the outage drills set their own.
+os.environ["MLSD_SERVING_STORE_BUDGET_MS"] = "1000"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pipelines.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +34,39 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     start_broker(settings, all_topics())
     yield settings.kafka_bootstrap
     stop_process(settings, "kafka")
+
+
+@pytest.fixture(scope="session")
+def production_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """docker-compose.yml's configuration on this machine: Feast on the local Redis with its registry in a
+    throw-away PostgreSQL database, an MLflow server over HTTP on that database, stream state in it, and a broker
+    of its own. `token` goes into every entity id a test writes to the shared Redis; those keys are deleted after."""
+    import uuid
+
+    from pipelines.designs import all_topics
+    from pipelines.platform.infra import free_port, start_broker, start_mlflow, stop_process
+    from tests.local_services import compose_settings, delete_redis_keys, throwaway_database
+
+    token = uuid.uuid4().hex[:10]
+    home = tmp_path_factory.mktemp("production")
+    with throwaway_database("mlsd_test_production") as database:
+        kafka = free_port()
+        settings = compose_settings(
+            home,
+            database,
+            kafka_port=kafka,
+            kafka_bootstrap=f"127.0.0.1:{kafka}",
+            mlflow_port=free_port(),
+            mlflow_tracking_uri="",  # the server started below, over HTTP
+        )
+        start_broker(settings, all_topics())
+        try:
+            start_mlflow(settings)
+            yield SimpleNamespace(settings=settings, database=database, token=token, home=home)
+        finally:
+            stop_process(settings, "mlflow")
+            stop_process(settings, "kafka")
+            delete_redis_keys(token)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app, main
 from pipelines.fraud.data import read_transactions
+from pipelines.platform.infra import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -50,12 +50,6 @@ def one_sentence(text: str) -> str:
 def write_csv(path: Path, header: str, *rows: str) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the installed console script

@@ -6,8 +6,9 @@ on exactly the same rows, which the design cuts and scores (its `GateSpec`, pipe
 fraud design on the last days of transactions whose labels are final, with training's point-in-time features; the
 recommendation design on the newest share of interactions.
 
-A fair comparison needs a holdout newer than what either model was fit on; versions carry a `train_data_end` tag
-and the result warns when the holdout starts before it.
+A fair comparison needs a holdout newer than what either model was fit on: versions carry a `train_data_end` tag,
+and the gate refuses (does not pass, says why in one sentence) when the holdout starts before either model's end.
+Both ends are written to the audit record with the holdout's bounds.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class GateResult:
     reason: str
     champion_metrics: dict[str, float] = field(default_factory=dict)
     challenger_metrics: dict[str, float] = field(default_factory=dict)
+    # Why the holdout is not out of time for a model (then the gate does not pass); empty when the comparison is fair.
     warnings: tuple[str, ...] = ()
+    # role → the `train_data_end` tag of that version ("" when it has none).
+    train_data_end: dict[str, str] = field(default_factory=dict)
 
     @property
     def holdout_rows(self) -> int:
@@ -98,6 +102,8 @@ class GateResult:
             "holdout_end": self.holdout.end.isoformat(),
             "holdout_rows": str(self.holdout.rows),
             "warnings": " | ".join(self.warnings),
+            "champion_train_data_end": self.train_data_end.get("champion", ""),
+            "challenger_train_data_end": self.train_data_end.get("challenger", ""),
         }
 
 
@@ -144,26 +150,33 @@ def explain(
 # ---------------------------------------------------------------- the gate
 
 
-def _leakage_warnings(name: str, versions: dict[str, str | None], holdout: Holdout) -> list[str]:
+def _training_data_ends(name: str, versions: dict[str, str | None]) -> dict[str, str]:
     from mlflow import MlflowClient
 
-    warnings = []
-    for role, version in versions.items():
-        if version is None:
-            continue
-        tag = MlflowClient().get_model_version(name, version).tags.get(TRAIN_DATA_END_TAG)
+    client = MlflowClient()
+    return {
+        role: client.get_model_version(name, version).tags.get(TRAIN_DATA_END_TAG, "")
+        for role, version in versions.items()
+        if version is not None
+    }
+
+
+def _not_out_of_time(versions: dict[str, str | None], ends: dict[str, str], holdout: Holdout) -> list[str]:
+    """One clause per model whose training data reaches into the holdout."""
+    problems = []
+    for role, tag in ends.items():
         try:
             seen_until = pd.Timestamp(tag) if tag else None
-        except ValueError:  # a tag written by hand; the check is advice, not a reason to fail
+        except ValueError:  # a tag written by hand cannot be compared; the holdout is then taken as fair
             continue
         if seen_until is not None and seen_until.tzinfo is None:
             seen_until = seen_until.tz_localize("UTC")
         if seen_until is not None and seen_until >= pd.Timestamp(holdout.start):
-            warnings.append(
-                f"the {role} v{version} was fit on data up to {tag}, after the holdout starts "
+            problems.append(
+                f"the {role} v{versions[role]} was fit on data up to {tag}, after the holdout starts "
                 f"({holdout.start.isoformat()}), so this is not an out-of-time comparison for it"
             )
-    return warnings
+    return problems
 
 
 def run_gate(
@@ -210,6 +223,15 @@ def run_gate(
         passed,
         holdout,
     )
+    versions = {"champion": champion, "challenger": challenger}
+    ends = _training_data_ends(name, versions)
+    unfair = _not_out_of_time(versions, ends, holdout)
+    if unfair:
+        passed = False
+        reason = (
+            f"Challenger v{challenger} is refused: {'; '.join(unfair)}; "
+            "give the gate data newer than both models' training data."
+        )
     return GateResult(
         model=name,
         metric=metric,
@@ -224,7 +246,8 @@ def run_gate(
         reason=reason,
         champion_metrics=champion_metrics,
         challenger_metrics=challenger_metrics,
-        warnings=tuple(_leakage_warnings(name, {"champion": champion, "challenger": challenger}, holdout)),
+        warnings=tuple(unfair),
+        train_data_end=ends,
     )
 
 

@@ -149,9 +149,7 @@ def print_gate(result: GateResult) -> None:
             f"{value:.4f}",
             f"{value - base:+.4f}" if base is not None else "-",
         )
-    console.print(table)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
+    console.print(table)  # the gate's sentence, a refusal's included, follows the table
 
 
 @registry_app.command("promote")

@@ -8,6 +8,7 @@ server on PostgreSQL and Feast on Redis; only Settings change.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,10 +35,36 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a child process to listen on, free now and unlikely to be taken before the child binds it.
+
+    A port the OS picks with bind(0) comes from the ephemeral range, which the OS also hands to every outgoing
+    connection, so another process can take it between this call and the child's bind. Ports below that range are
+    only ever taken by an explicit bind; each is handed out once per process.
+    """
+    low = _ephemeral_range()[0]
+    if low < 21_000:  # no room below the ephemeral range on this machine: the OS chooses
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20_000, low)
+        if port not in _PORTS_HANDED_OUT and port_is_free(port):
+            _PORTS_HANDED_OUT.add(port)
+            return port
+    raise PortInUse(f"No free port between 20000 and {low}; stop some services and try again.")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):  # not Linux: the IANA range
+        return 49152, 65535
 
 
 def stack_env(settings: Settings, **variables: str) -> dict[str, str]:
@@ -50,6 +77,8 @@ def stack_env(settings: Settings, **variables: str) -> dict[str, str]:
         "MLSD_FEAST_ONLINE_STORE": settings.feast_online_store,
         "MLSD_FEAST_REDIS_URL": settings.feast_redis_url,
         "MLSD_FEAST_REGISTRY": settings.feast_registry,
+        "MLSD_FEAST_OFFLINE_DIR": settings.feast_offline_dir,
+        "MLSD_STREAM_STATE_URL": settings.stream_state_url,
         **{f"MLSD_{name.upper()}": value for name, value in variables.items()},
     }
 

@@ -194,7 +194,10 @@ def test_summary_covers_every_strategy_with_metrics_in_range(result: dict) -> No
             assert metrics[metric]["std"] == pytest.approx(np.std(values))
         assert all(fold[strategy]["fit_seconds"] > 0 for fold in result["folds"])
     assert all(fold["notes"] == [] for fold in result["folds"])
-    assert result["seconds"] > 0
+    # Measured (fraud rate ~0.8 %): average precision 0.27-0.43 and ROC-AUC 0.81-0.87 across strategies; a model
+    # that learned nothing gets ~0.01 and 0.5.
+    for strategy, metrics in result["summary"].items():
+        assert metrics["average_precision"]["mean"] > 0.2 and metrics["roc_auc"]["mean"] > 0.78, strategy
     json.dumps(result, allow_nan=False)  # plain JSON data
 
 

@@ -37,7 +37,9 @@ def test_four_strategies_are_compared_and_the_best_becomes_champion(trained):
     assert [r.strategy for r in report.strategies] == list(IMBALANCE_STRATEGIES)
     best = max(report.strategies, key=lambda r: r.average_precision)
     assert report.best_strategy == best.strategy
-    assert all(0 < r.average_precision <= 1 and 0.5 < r.roc_auc <= 1 for r in report.strategies)
+    # Measured on this data (fraud rate ~0.8 %): average precision 0.36-0.60, ROC-AUC 0.92-0.95. A model that
+    # learned nothing scores ~0.01 and 0.5; one that lost a feature family falls well below these floors.
+    assert all(r.average_precision > 0.3 and r.roc_auc > 0.88 for r in report.strategies), report.strategies
     assert report.train_rows + report.valid_rows < report.rows  # the label-delay gap is left out
 
     assert alias_version(MODEL_NAME, "champion") == report.model_version

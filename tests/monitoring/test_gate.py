@@ -8,6 +8,7 @@ metric helpers instead of the shared evaluators) and expects the gate's numbers 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -160,10 +161,14 @@ def test_promote_command_gates_and_promotes_the_fraud_challenger(
     small_transactions: pd.DataFrame,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     from pipelines.cli import main
 
-    settings = fraud["settings"]
+    # On a copy of the module's registry and feature store: moving the aliases must not reach the other tests.
+    home = tmp_path / "home"
+    shutil.copytree(fraud["settings"].home, home)
+    settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     data = settings.home / "recent.parquet"
     small_transactions.to_parquet(data)
     monkeypatch.setenv("MLSD_HOME", str(settings.home))
@@ -178,13 +183,14 @@ def test_promote_command_gates_and_promotes_the_fraud_challenger(
     assert stopped.value.code in (0, None)
     outcome = json.loads(capsys.readouterr().out)
     gate = outcome["gate"]
-    assert outcome["promoted"] == gate["passed"] == (gate["improvement"] >= 0.01)
+    # 60 weighted trees against 5 stumps: the challenger clears the 0.01 bar and is promoted.
+    assert outcome["promoted"] and gate["passed"] and gate["improvement"] >= 0.01
     connect_mlflow(settings)
-    if outcome["promoted"]:
-        assert alias_version(FRAUD_MODEL, CHAMPION) == fraud["challenger"]
-        assert alias_version(FRAUD_MODEL, CHALLENGER) is None
+    assert alias_version(FRAUD_MODEL, CHAMPION) == fraud["challenger"]
+    assert alias_version(FRAUD_MODEL, CHALLENGER) is None
     record = history(FRAUD_MODEL, limit=1)[0]
-    assert record.action == ("promote" if outcome["promoted"] else "reject")
+    assert record.action == "promote"
+    assert pd.Timestamp(record.details["challenger_train_data_end"]) < pd.Timestamp(gate["holdout"]["start"])
     assert record.metrics["challenger_average_precision"] == pytest.approx(gate["challenger_value"])
     assert record.metrics["champion_average_precision"] == pytest.approx(gate["champion_value"])
     assert record.details["holdout_rows"] == str(gate["holdout"]["rows"])
@@ -257,15 +263,23 @@ def test_the_recsys_gate_asks_both_registered_models_for_the_holdout_users(recsy
     assert recall.champion_value == pytest.approx(result.champion_metrics["recall@10"])
 
 
-def test_the_gate_warns_when_the_holdout_overlaps_a_models_training_data(recsys: dict[str, Any]) -> None:
+def test_the_gate_refuses_a_holdout_that_overlaps_a_models_training_data(recsys: dict[str, Any]) -> None:
     settings, interactions = recsys["settings"], recsys["interactions"]
-    # A wider holdout starts before the end of the challenger's training data.
-    result = run_gate(settings, "recsys", interactions, holdout_frac=0.5, max_users=300)
+    # A wider holdout starts before the end of the challenger's training data, so the challenger has seen part of it.
+    fair = run_gate(settings, "recsys", interactions, max_users=300, min_improvement=-1.0)
+    assert fair.passed and fair.warnings == ()
+    result = run_gate(settings, "recsys", interactions, holdout_frac=0.5, max_users=300, min_improvement=-1.0)
     assert result.holdout.entities == 300
+    assert not result.passed  # it would pass on the numbers: the bar is −1
+    challenger = recsys["models"][CHALLENGER][0]
+    assert result.reason.startswith(f"Challenger v{challenger} is refused: the challenger v{challenger} was fit on")
+    assert result.reason.endswith("give the gate data newer than both models' training data.")
     # Only the challenger saw data after the holdout's start; the champion stopped at 40 % of the file.
-    assert len(result.warnings) == 1
-    assert result.warnings[0].startswith(f"the challenger v{recsys['models'][CHALLENGER][0]} was fit on data up to")
-    assert "not an out-of-time comparison" in result.warnings[0]
+    assert len(result.warnings) == 1 and "champion" not in result.warnings[0]
+    details = result.audit_details()
+    assert details["passed"] == "false" and details["holdout_start"] == result.holdout.start.isoformat()
+    assert details["challenger_train_data_end"] == result.train_data_end["challenger"] != ""
+    assert pd.Timestamp(details["challenger_train_data_end"]) >= result.holdout.start
 
 
 def test_gate_inputs_are_checked_in_one_sentence(recsys: dict[str, Any]) -> None:

@@ -80,7 +80,7 @@ def test_a_hung_dependency_holds_no_caller_past_the_budget_and_no_more_threads_t
         value, reason = dependency.attempt_blocking(store.read)
         waits.append(time.perf_counter() - started)
         assert value is None and reason == "store took longer than 50 ms"
-    assert max(waits) < 1.0  # the budget, not the 10 s the call hangs
+    assert max(waits) < 5.0  # the budget (50 ms) and some scheduling, never the 10 s the call hangs
     # Both threads still hang: the next call is refused at once, without a thread.
     assert dependency.attempt_blocking(store.read)[1] == "store busy: 2 earlier calls have not returned"
     assert store.calls == 2

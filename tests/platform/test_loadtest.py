@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from pipelines.platform.infra import free_port
 from pipelines.platform.loadtest import (
     LoadTestResult,
     find_max_rate,
@@ -92,12 +91,6 @@ def server() -> Iterator[_Server]:
     srv.stop()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_counts_kinds_and_percentiles(server: _Server) -> None:
     calls: list[tuple[int, int]] = []
 
@@ -118,8 +111,7 @@ def test_counts_kinds_and_percentiles(server: _Server) -> None:
     assert res.p50_ms is not None and res.p95_ms is not None and res.p99_ms is not None
     assert res.max_ms is not None and res.mean_ms is not None
     assert 0 < res.p50_ms <= res.p95_ms <= res.p99_ms <= res.max_ms
-    assert res.p99_ms < 1000  # trivial handler on loopback (generous for a busy machine)
-    assert 150 < res.achieved_rps < 300
+    assert 0 < res.achieved_rps <= 300  # never more than was offered; how close it comes is benchmarks/ work
     assert calls and calls[-1] == (300, 300)
 
     d = res.to_dict()
@@ -131,22 +123,23 @@ def test_counts_kinds_and_percentiles(server: _Server) -> None:
     assert rows["sent"] == "300" and "http 400: 30" in rows["error kinds"]
 
 
-def test_slow_server_queueing_raises_p99(server: _Server) -> None:
-    # Single-worker server with 20 ms service time (~50 req/s capacity) offered 100 req/s:
-    # an open-loop generator must see the queue build up, not just the 20 ms service time.
-    res = run_load_test(server.url, lambda i: {"i": i, "serial_ms": 20}, rps=100, duration_s=1.0, timeout_s=5.0)
+def test_an_open_loop_generator_sees_the_queue_of_a_slow_server(server: _Server) -> None:
+    # A single-worker server with 20 ms per request serves at most 50 req/s. Offered 100 req/s for 1 s, request i
+    # is sent at ~i * 10 ms and cannot finish before (i + 1) * 20 ms, so it waits at least ~i * 10 ms: the median
+    # request at least ~500 ms. These are lower bounds set by the server's sleeps, which a slower machine only
+    # raises; a generator that waited for answers before sending (closed loop) would report ~20 ms.
+    res = run_load_test(server.url, lambda i: {"i": i, "serial_ms": 20}, rps=100, duration_s=1.0, timeout_s=10.0)
     assert res.sent == 100
     assert res.errors == 0, res.error_kinds
     assert res.p50_ms is not None and res.p99_ms is not None
-    assert res.p50_ms > 100
-    assert res.p99_ms > 500
-    assert res.achieved_rps < 70
+    assert res.p50_ms > 250
+    assert res.p99_ms > 600
+    assert res.achieved_rps <= 50
 
 
-def test_timeouts_are_counted_and_run_is_bounded(server: _Server) -> None:
-    t = time.monotonic()
-    res = run_load_test(server.url, lambda i: {"sleep_ms": 3000}, rps=20, duration_s=0.5, timeout_s=0.3)
-    assert time.monotonic() - t < 0.5 + 0.3 + 1.5
+@pytest.mark.timeout(20)  # waiting for the 60 s answers instead of timing out would overrun this
+def test_timeouts_are_counted_and_the_run_does_not_wait_for_late_answers(server: _Server) -> None:
+    res = run_load_test(server.url, lambda i: {"sleep_ms": 60_000}, rps=20, duration_s=0.5, timeout_s=0.3)
     assert res.sent == 10
     assert res.ok == 0
     assert res.error_kinds == {"timeout": 10}
@@ -155,7 +148,7 @@ def test_timeouts_are_counted_and_run_is_bounded(server: _Server) -> None:
 
 
 def test_closed_port_reports_connection_refused() -> None:
-    url = f"http://127.0.0.1:{_free_port()}/predict"
+    url = f"http://127.0.0.1:{free_port()}/predict"
     res = run_load_test(url, lambda i: {"i": i}, rps=50, duration_s=0.4, timeout_s=1.0)
     assert res.sent == 20
     assert res.ok == 0
@@ -190,18 +183,21 @@ def test_histogram_and_json_written(server: _Server, tmp_path: Path) -> None:
     assert "latencies_ms" not in loaded["steps"][0]
 
 
-def test_find_max_rate_stops_at_failing_rate(server: _Server) -> None:
-    # Single worker, 10 ms per request (~100 req/s): 20 and 50 req/s are fine, 300 req/s queues up.
+def test_find_max_rate_stops_at_the_first_rate_over_the_latency_budget(server: _Server) -> None:
+    # The rates run in order (20, 50, 300, ...) for 0.5 s each: 10 + 25 quick requests, then every request takes
+    # 1.5 s, over the 1 s budget by construction (the server sleeps), so 300 req/s fails whatever the machine.
+    sent: list[int] = []
+
+    def payload(i: int) -> dict[str, Any]:
+        sent.append(i)
+        return {"i": i, "sleep_ms": 1500 if len(sent) > 35 else 0}
+
     best, steps = find_max_rate(
-        server.url,
-        lambda i: {"i": i, "serial_ms": 10},
-        rates=[50, 20, 300, 1000],
-        duration_s=0.5,
-        p99_budget_ms=250.0,
+        server.url, payload, rates=[50, 20, 300, 1000], duration_s=0.5, p99_budget_ms=1000.0, timeout_s=5.0
     )
     assert best == 50
     assert [s.target_rps for s in steps] == [20, 50, 300]
-    assert steps[-1].p99_ms is not None and steps[-1].p99_ms > 250.0
+    assert steps[-1].p99_ms is not None and steps[-1].p99_ms >= 1500.0
 
 
 def test_find_max_rate_error_budget(server: _Server) -> None:

@@ -8,11 +8,9 @@ file, swap the container host names for the local servers and a throw-away datab
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -26,72 +24,23 @@ from feature_repo.fraud import (
     TERMINAL_PUSH,
 )
 from pipelines.settings import Settings
-from tests.test_compose import common_settings_env, settings_fields
+from tests.local_services import (
+    POSTGRES_ADMIN,
+    REDIS,
+    compose_settings,
+    delete_redis_keys,
+    require,
+    throwaway_database,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-POSTGRES = ("127.0.0.1", 5432)
-REDIS = ("127.0.0.1", 6379)
-POSTGRES_ADMIN = {"host": POSTGRES[0], "port": POSTGRES[1], "user": "postgres", "dbname": "postgres"}
-
-
-def reachable(address: tuple[str, int]) -> bool:
-    try:
-        with socket.create_connection(address, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def require(address: tuple[str, int], what: str) -> None:
-    if not reachable(address):
-        pytest.skip(f"{what} is not reachable at {address[0]}:{address[1]}; start it to run this test")
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A throw-away PostgreSQL database, shared by Feast's registry and MLflow's store as in docker-compose.yml."""
-    require(POSTGRES, "PostgreSQL")
-    import psycopg2
-    from psycopg2 import sql
-
-    name = f"mlsd_test_compose_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(**POSTGRES_ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
+    with throwaway_database("mlsd_test_compose") as name:
         yield name
-    finally:
-        with admin.cursor() as cursor:  # FORCE: Feast's and MLflow's connection pools may still hold sessions
-            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
-
-
-def local_postgres(url: str, database: str) -> str:
-    """The compose URL (driver and all) pointed at the local server and the test database."""
-    parts = urlsplit(url)
-    assert parts.hostname == "postgres", f"compose URL {url} does not name the postgres service"
-    return urlunsplit((parts.scheme, f"postgres@{POSTGRES[0]}:{POSTGRES[1]}", f"/{database}", parts.query, ""))
-
-
-def local_redis(connection: str) -> str:
-    """Feast's `host:port[,option=value...]` form, with the host and port swapped for the local Redis."""
-    address, *options = connection.split(",")
-    assert address == "redis:6379", f"compose Redis address {address} does not name the redis service"
-    return ",".join([f"{REDIS[0]}:{REDIS[1]}", *options])
-
-
-def compose_settings(home: Path, database: str) -> Settings:
-    fields = settings_fields(common_settings_env())
-    fields.update(
-        home=str(home),
-        feast_offline_dir=str(home / "feast" / "offline"),
-        feast_redis_url=local_redis(fields["feast_redis_url"]),
-        feast_registry=local_postgres(fields["feast_registry"], database),
-        mlflow_backend_store_uri=local_postgres(fields["mlflow_backend_store_uri"], database),
-    )
-    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
 
 
 # ---------------------------------------------------------------- Feast: Redis online store, PostgreSQL registry
@@ -117,17 +66,9 @@ def terminal_rows(terminal_id: str, at: pd.Timestamp, count: int) -> pd.DataFram
 def redis_token() -> Iterator[str]:
     """A unique id for this test's entities; afterwards exactly the Redis keys that contain it are deleted."""
     require(REDIS, "Redis")
-    import redis
-
     token = uuid.uuid4().hex
     yield token
-    client = redis.Redis(host=REDIS[0], port=REDIS[1])
-    try:
-        keys = list(client.scan_iter(match=f"*{token}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_redis_keys(token)
 
 
 def test_feast_pushes_to_redis_and_keeps_its_registry_in_postgres(

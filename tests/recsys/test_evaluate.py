@@ -16,7 +16,7 @@ def result():
     return evaluate_pipeline(interactions, items, EvaluateConfig(k=10, candidates=100), fit_ranker=ranker_trainer(4))
 
 
-def test_every_model_has_a_row_with_metrics_in_range(result):
+def test_every_model_has_a_row_whose_metrics_agree_with_each_other(result):
     names = [row["model"] for row in result["rows"]]
     assert names == [
         "als alone",
@@ -27,17 +27,30 @@ def test_every_model_has_a_row_with_metrics_in_range(result):
         "full pipeline (ranker + re-ranking)",
     ]
     for row in result["rows"]:
-        for key in ("precision", "recall", "ndcg", "map", "coverage", "diversity"):
-            assert 0.0 <= row[key] <= 1.0, (row["model"], key)
+        assert row["users"] == 754, row["model"]  # every user with a held-out interaction, the same for each row
+        # precision@10 averages hits / 10 and hit rate counts users with a hit: a user with a hit has ≥ 1 of 10.
+        assert row["precision"] * 10 >= row["hit_rate"] - 1e-9 and 0 < row["ndcg"] < row["hit_rate"], row["model"]
+    assert result["rows"][2]["coverage"] < 0.05  # the same ten items for everyone: 10 of a few hundred
     assert {row["generator"] for row in result["candidate_recall"]} == {"als", "item2item", "popular", "merged"}
 
 
-def test_the_ranker_beats_popularity_and_re_ranking_buys_diversity(result):
+def test_each_stage_earns_its_place(result):
+    # Measured (seed 4, 40k interactions): nDCG@10 ALS 0.117, item-to-item 0.125, popularity 0.118, merged order
+    # 0.145, ranker 0.153, full pipeline 0.152; recall@100 merged 0.677 against 0.593 for the best single generator.
+    rows = {row["model"]: row["ndcg"] for row in result["rows"]}
+    best_single = max(rows["als alone"], rows["item2item alone"], rows["popularity baseline"])
+    assert rows["merged candidates (merge order)"] > best_single
+    assert rows["ranker"] > rows["merged candidates (merge order)"]
+    assert rows["full pipeline (ranker + re-ranking)"] > rows["merged candidates (merge order)"]
+    recall = {r["generator"]: r["recall"] for r in result["candidate_recall"]}
+    assert recall["merged"] > max(recall["als"], recall["item2item"], recall["popular"])
+
+
+def test_re_ranking_buys_diversity_for_little_accuracy(result):
     rows = {row["model"]: row for row in result["rows"]}
-    assert rows["ranker"]["ndcg"] > rows["popularity baseline"]["ndcg"]
-    assert rows["full pipeline (ranker + re-ranking)"]["diversity"] >= rows["ranker"]["diversity"]
-    merged = next(r for r in result["candidate_recall"] if r["generator"] == "merged")
-    assert merged["recall"] >= max(r["recall"] for r in result["candidate_recall"] if r["generator"] != "merged")
+    full, ranker = rows["full pipeline (ranker + re-ranking)"], rows["ranker"]
+    assert full["diversity"] > ranker["diversity"]
+    assert full["ndcg"] >= 0.95 * ranker["ndcg"]
 
 
 def test_each_re_ranking_switch_is_measured_against_the_ranker(result):

@@ -6,7 +6,6 @@ each test's entities carry a unique token and are deleted afterwards).
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from pipelines.platform.features import (
 from pipelines.recsys.monitoring import REQUEST_FEATURES, request_features, top_score
 from pipelines.recsys.serving import ItemFeatureTable
 from pipelines.settings import Settings
+from tests.local_services import REDIS, require
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -63,21 +63,12 @@ def user_rows(ids: list[str]) -> pd.DataFrame:
     )
 
 
-def redis_running() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def store_and_token(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tuple[object, str]]:
     """A Feast store on SQLite or on the local Redis, and a token that makes this test's entity ids unique."""
     token = uuid.uuid4().hex[:10]
     if request.param == "redis":
-        if not redis_running():
-            pytest.skip("Redis is not reachable at 127.0.0.1:6379; start it to run this test")
+        require(REDIS, "Redis")
         settings = settings.model_copy(update={"feast_online_store": "redis", "feast_redis_url": "127.0.0.1:6379"})
     yield apply_feature_definitions(settings, feature_definitions()), token
     if request.param == "redis":

@@ -40,7 +40,7 @@ def streamed(production_stack: SimpleNamespace) -> SimpleNamespace:
     """A champion trained on the older 85 % of the interactions, the newest 15 % through `mlsd recsys stream`."""
     settings, home = production_stack.settings, Path(production_stack.home)
     suffix = f"-{production_stack.token}-recsys"  # this module's ids in the shared Redis
-    interactions, items = simulate_interactions(config_for_size(20_000, seed=8))
+    interactions, items = simulate_interactions(config_for_size(15_000, seed=8))
     interactions = interactions.assign(
         user_id=interactions["user_id"].astype(str) + suffix, item_id=interactions["item_id"].astype(str) + suffix
     )

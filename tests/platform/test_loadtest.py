@@ -67,6 +67,8 @@ class _Server:
         self._ready.set()
         self.loop.run_forever()
         assert self._runner is not None
+        for task in asyncio.all_tasks(self.loop):  # answers still sleeping (a test's 60 s ones) end now
+            task.cancel()
         self.loop.run_until_complete(self._runner.cleanup())
         self.loop.close()
 

@@ -68,7 +68,9 @@ def send(settings, topic: str, messages: list[bytes]) -> None:  # type: ignore[n
 @pytest.fixture
 def served() -> Iterator[tuple[StreamMetrics, MetricsServer, FakeClock]]:
     clock = FakeClock()
-    metrics = StreamMetrics("readings", lag_every=1, lag_idle_s=5, stale_after_s=60, clock=clock)
+    # A name of its own: Feast switches prometheus_client to multiprocess mode when it is imported first, and then
+    # every series with the same name and labels in this process shares one value, whichever registry holds it.
+    metrics = StreamMetrics(unique("readings"), lag_every=1, lag_idle_s=5, stale_after_s=60, clock=clock)
     server = start_metrics_server(free_port(), metrics.registry, health=metrics.health)
     yield metrics, server, clock
     server.stop()
@@ -93,9 +95,9 @@ def test_the_loop_records_consumed_processed_dead_letters_and_lag(kafka_settings
     )
     consumer.close()
     samples = scrape(server)
-    consumed = value(samples, "mlsd_stream_consumed_total", processor="readings")
+    consumed = value(samples, "mlsd_stream_consumed_total", processor=metrics.processor)
     assert consumed == first.consumed >= 20
-    assert value(samples, "mlsd_stream_consumer_lag", processor="readings") == total - consumed > 0
+    assert value(samples, "mlsd_stream_consumer_lag", processor=metrics.processor) == total - consumed > 0
 
     # Carry on in the same group to the end.
     consumer = make_consumer(kafka_settings, [topic], group)
@@ -105,13 +107,14 @@ def test_the_loop_records_consumed_processed_dead_letters_and_lag(kafka_settings
     consumer.close()
     producer.close()
     samples = scrape(server)
-    assert value(samples, "mlsd_stream_consumed_total", processor="readings") == total
-    assert value(samples, "mlsd_stream_processed_total", processor="readings") == len(good)
-    assert value(samples, "mlsd_stream_dead_letters_total", processor="readings", reason="not valid JSON") == 2
-    assert value(samples, "mlsd_stream_dead_letters_total", processor="readings", reason="value") == 1
-    assert value(samples, "mlsd_stream_consumer_lag", processor="readings") == 0
-    assert value(samples, "mlsd_stream_batch_seconds_count", processor="readings") == first.batches + second.batches
-    last = value(samples, "mlsd_stream_last_batch_timestamp_seconds", processor="readings")
+    assert value(samples, "mlsd_stream_consumed_total", processor=metrics.processor) == total
+    assert value(samples, "mlsd_stream_processed_total", processor=metrics.processor) == len(good)
+    assert value(samples, "mlsd_stream_dead_letters_total", processor=metrics.processor, reason="not valid JSON") == 2
+    assert value(samples, "mlsd_stream_dead_letters_total", processor=metrics.processor, reason="value") == 1
+    assert value(samples, "mlsd_stream_consumer_lag", processor=metrics.processor) == 0
+    batches = value(samples, "mlsd_stream_batch_seconds_count", processor=metrics.processor)
+    assert batches == first.batches + second.batches
+    last = value(samples, "mlsd_stream_last_batch_timestamp_seconds", processor=metrics.processor)
     assert time.time() - 600 < last <= time.time()
     assert get(f"{server.url}/healthz") == (200, "ok\n")
 
@@ -119,7 +122,7 @@ def test_the_loop_records_consumed_processed_dead_letters_and_lag(kafka_settings
 @pytest.mark.integration
 def test_lag_is_looked_up_every_few_batches_and_when_idle(kafka_settings) -> None:
     clock = FakeClock()
-    metrics = StreamMetrics("readings", lag_every=3, lag_idle_s=5, clock=clock)
+    metrics = StreamMetrics(unique("readings"), lag_every=3, lag_idle_s=5, clock=clock)
     topic = unique("test.readings")
     ensure_topics(kafka_settings, [topic, topic + DLQ_SUFFIX])
     send(kafka_settings, topic, [json.dumps({"sensor": "s", "value": i}).encode() for i in range(50)])
@@ -134,7 +137,7 @@ def test_lag_is_looked_up_every_few_batches_and_when_idle(kafka_settings) -> Non
     clock.now += 5  # a quiet topic is looked at again after lag_idle_s
     metrics.idle(consumer)
     assert metrics.lag_lookups == 2 + (stats.batches - 1) // 3
-    assert metrics.registry.get_sample_value("mlsd_stream_consumer_lag", {"processor": "readings"}) == 0
+    assert metrics.registry.get_sample_value("mlsd_stream_consumer_lag", {"processor": metrics.processor}) == 0
     consumer.close()
     producer.close()
 
@@ -145,7 +148,7 @@ def test_healthz_turns_503_when_the_loop_stops_polling(served) -> None:
     assert get(f"{server.url}/healthz") == (200, "ok\n")
     clock.now += 61
     status, body = get(f"{server.url}/healthz")
-    assert status == 503 and "readings processor has not polled Kafka for 61 s" in body
+    assert status == 503 and f"{metrics.processor} processor has not polled Kafka for 61 s" in body
     status, text = get(f"{server.url}/metrics")
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"mlsd_stream_consumed", "mlsd_stream_consumer_lag", "mlsd_stream_batch_seconds"} <= names
@@ -167,7 +170,7 @@ def test_the_feature_processor_serves_metrics_while_it_runs(kafka_settings) -> N
     ensure_topics(kafka_settings, [topic, topic + DLQ_SUFFIX])
     send(kafka_settings, topic, [json.dumps({"sensor": "s", "value": i}).encode() for i in range(25)])
     port = free_port()
-    processor = unique("readings")  # only this processor's series count, whatever else answers on a reused port
+    processor = unique("readings")  # a series of its own (see `served`)
     written: list[str] = []
     runner = threading.Thread(
         target=run_feature_processor,

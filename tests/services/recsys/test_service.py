@@ -29,7 +29,7 @@ def service(tmp_path_factory, broker):
 
     home = tmp_path_factory.mktemp("recsys-e2e")
     settings = Settings(home=home, mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", kafka_bootstrap=broker)
-    interactions, items = simulate_interactions(config_for_size(30_000, seed=8))
+    interactions, items = simulate_interactions(config_for_size(15_000, seed=8))
     train_recsys(settings, interactions, items)
     users, item_rows = backfill_features(interactions, items)
     write_feature_rows(
